@@ -1,0 +1,34 @@
+# dbchaos — the two quick-start commands are `make serve` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: serve test test-all lint bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "dbchaos needs Python >= 3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+## Run dbchaos on an embedded PostgreSQL with sample data (http://127.0.0.1:8080).
+serve: $(STAMP)
+	$(BIN)/dbchaos serve
+
+## The fast suite: everything but drills, on real PostgreSQL (embedded 18 and Debian's 15 if present).
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not drill" -q
+
+## Everything, drills included.
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,53 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import dbchaos
+from dbchaos.api.context import AppContext
+from dbchaos.api.errors import install_error_handlers
+from dbchaos.api.guard import HostOriginGuard, allowed_hosts_for
+from dbchaos.api.routes import faults, health
+from dbchaos.engine.engine import Engine
+from dbchaos.faults.registry import Registry, default_registry
+from dbchaos.settings import Settings
+from dbchaos.targets import Target
+
+
+def create_app(
+    settings: Settings,
+    targets: Mapping[str, Target],
+    *,
+    extra_allowed_hosts: Iterable[str] = (),
+    registry: Registry | None = None,
+) -> FastAPI:
+    """Build the dbchaos HTTP application for these settings and targets.
+
+    The engine lives as long as the app's lifespan: on shutdown every fault is reverted.
+    """
+    engine = Engine(settings, targets, registry or default_registry())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await engine.close()
+
+    app = FastAPI(
+        title="dbchaos",
+        version=dbchaos.__version__,
+        description="Bounded, observable, reversible PostgreSQL faults.",
+        lifespan=lifespan,
+    )
+    app.state.ctx = AppContext(settings=settings, targets=dict(targets), engine=engine)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(faults.router)
+    hosts = allowed_hosts_for(settings.host, settings.port) | frozenset(extra_allowed_hosts)
+    app.add_middleware(HostOriginGuard, allowed_hosts=hosts)
+    return app

@@ -1,0 +1,27 @@
+"""What the routes share: settings and targets, built by the app factory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from dbchaos.engine.engine import Engine
+from dbchaos.settings import Settings
+from dbchaos.targets import Target, targets_by_name
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    targets: dict[str, Target]
+    engine: Engine
+
+    def target(self, name: str | None = None) -> Target:
+        return targets_by_name(self.targets, name, self.settings.target_name)
+
+
+def get_context(request: Request) -> AppContext:
+    ctx = request.app.state.ctx
+    assert isinstance(ctx, AppContext)
+    return ctx

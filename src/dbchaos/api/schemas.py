@@ -1,0 +1,53 @@
+"""Request and answer models of the native API (``/v1``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dbchaos.engine.model import FaultRecord
+from dbchaos.observe.activity import Impact
+
+
+class FaultCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(description="A fault kind from GET /v1/kinds", examples=["table-lock"])
+    params: dict[str, Any] = Field(default_factory=dict, examples=[{"tables": ["items"], "mode": "ACCESS EXCLUSIVE"}])
+    duration_s: float | None = Field(default=None, description="How long the fault holds once active (default 60)")
+    target: str | None = Field(default=None, description="Target name (default: the default target)")
+    acquire_timeout_s: float | None = Field(
+        default=None, description="How long to wait for the lock (default 5; 0 = do not wait)"
+    )
+    labels: dict[str, str] | None = Field(default=None, description="Free-form labels: owner, reason, ticket")
+
+
+def rfc3339(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def fault_view(rec: FaultRecord, impact: Impact | None = None) -> dict[str, Any]:
+    """The API's representation of a fault (DESIGN §3)."""
+    return {
+        "id": rec.id,
+        "kind": rec.kind,
+        "target": rec.target,
+        "state": rec.state.value,
+        "end_reason": rec.end_reason.value if rec.end_reason else None,
+        "params": rec.params,
+        "duration_s": rec.duration_s,
+        "acquire_timeout_s": rec.acquire_timeout_s,
+        "labels": rec.labels,
+        "created_at": rfc3339(rec.created_at),
+        "activated_at": rfc3339(rec.activated_at),
+        "deadline": rfc3339(rec.deadline),
+        "ended_at": rfc3339(rec.ended_at),
+        "error": rec.error,
+        "details": rec.details,
+        "blockers": rec.blockers,
+        "impact": impact.as_dict() if impact is not None else None,
+    }

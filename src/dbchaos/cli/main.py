@@ -1,0 +1,25 @@
+"""The ``dbchaos`` command."""
+
+from __future__ import annotations
+
+import typer
+
+from dbchaos.cli import serve
+
+app = typer.Typer(
+    name="dbchaos",
+    help="A chaos server for PostgreSQL-backed services: bounded, observable, reversible faults.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("serve")(serve.serve)
+
+
+@app.callback()
+def _root() -> None:
+    """dbchaos: inject the database faults behind real outages, and put everything back."""
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,120 @@
+"""The control session: one connection per target for catalog look-ups, checks and
+observation, re-opened when the target comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+import psycopg
+
+from dbchaos.errors import TargetUnreachable
+from dbchaos.observe.activity import Snapshot, take_snapshot
+from dbchaos.targets import Target, TargetCheck, usability_problem
+
+T = TypeVar("T")
+
+_CHECK_SQL = """
+SELECT current_setting('server_version_num')::int, current_setting('server_version'),
+       pg_is_in_recovery(), current_setting('default_transaction_read_only') = 'on'
+"""
+
+
+class ControlChannel:
+    """A lazily opened, self-healing connection to one target."""
+
+    def __init__(
+        self,
+        target: Target,
+        instance: str,
+        *,
+        connect_timeout_s: float,
+        snapshot_ttl_s: float = 0.25,
+    ):
+        self.target = target
+        self.instance = instance
+        self.connect_timeout_s = connect_timeout_s
+        self.snapshot_ttl_s = snapshot_ttl_s
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._lock = asyncio.Lock()
+        self._snapshot: Snapshot | None = None
+        self._snapshot_pids: frozenset[int] = frozenset()
+        self._snapshot_lock = asyncio.Lock()
+        self.server_version_num = 0
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = await self.target.connect(f"dbchaos:{self.instance}", connect_timeout_s=self.connect_timeout_s)
+            await self._conn.execute(
+                "SET statement_timeout = '10s'; SET lock_timeout = '2s'; SET idle_session_timeout = 0"
+            )
+        return self._conn
+
+    async def run(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """Run ``fn`` on the control connection, reconnecting once if the old one broke."""
+        async with self._lock:
+            for attempt in (1, 2):
+                conn = await self._connection()
+                try:
+                    return await fn(conn)
+                except psycopg.OperationalError as exc:
+                    if not conn.broken and not conn.closed:
+                        raise
+                    self._conn = None
+                    if attempt == 2:
+                        raise TargetUnreachable(self.target.unreachable_message(exc)) from exc
+            raise AssertionError("unreachable")
+
+    async def check(self) -> TargetCheck:
+        """Version, recovery and read-only checks on the live control connection."""
+
+        async def q(conn: psycopg.AsyncConnection[Any]) -> Any:
+            return await (await conn.execute(_CHECK_SQL)).fetchone()
+
+        row = await self.run(q)
+        num, version, recovery, ro = int(row[0]), str(row[1]), bool(row[2]), bool(row[3])
+        self.server_version_num = num
+        problem = usability_problem(
+            self.target.name,
+            server_version_num=num,
+            server_version=version,
+            in_recovery=recovery,
+            read_only=ro,
+        )
+        return TargetCheck(
+            self.target.name,
+            self.target.masked_dsn,
+            True,
+            problem is None,
+            problem,
+            version,
+            num,
+            recovery,
+            ro,
+        )
+
+    async def snapshot(self, lock_pids: Iterable[int], *, max_age_s: float | None = None) -> Snapshot:
+        """A snapshot no older than ``max_age_s`` (default: the TTL) that covers ``lock_pids``."""
+        pids = frozenset(lock_pids)
+        ttl = self.snapshot_ttl_s if max_age_s is None else max_age_s
+        async with self._snapshot_lock:
+            snap = self._snapshot
+            if snap is not None and time.time() - snap.taken_at <= ttl and pids <= self._snapshot_pids:
+                return snap
+            snap = await self.run(lambda conn: take_snapshot(conn, pids))
+            self._snapshot, self._snapshot_pids = snap, pids
+            return snap
+
+    async def terminate(self, pids: Iterable[int]) -> None:
+        pid_list = list(pids)
+        if pid_list:
+            await self.run(
+                lambda conn: conn.execute("SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) AS p", (pid_list,))
+            )
+
+    async def close(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            await self._conn.close()
+        self._conn = None

@@ -1,0 +1,449 @@
+"""The engine: ids, states, deadlines, abort, reset, caps and the per-fault lifecycle.
+
+Each fault runs in its own asyncio task: it acquires through sessions the engine opens
+(bounded on the server side), becomes ``active``, waits for its deadline or a stop
+request, and reverts. Nothing here blocks the event loop, so one fault waiting for its
+lock never slows the API or another fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from dbchaos import errors
+from dbchaos.engine.control import ControlChannel
+from dbchaos.engine.model import EndReason, FaultRecord, State
+from dbchaos.engine.pgerrors import error_class, translate
+from dbchaos.engine.session import Bounds, SessionFactory
+from dbchaos.faults.base import Fault
+from dbchaos.faults.registry import Registry
+from dbchaos.observe.activity import Impact, impact_of
+from dbchaos.settings import Settings
+from dbchaos.targets import Target, targets_by_name
+
+_log = logging.getLogger("dbchaos.engine")
+
+MAX_ACQUIRE_TIMEOUT_S = 300.0
+MAX_LABELS = 20
+HISTORY_LIMIT = 10_000
+MONITOR_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class FaultRequest:
+    kind: str
+    params: Mapping[str, Any] | None = None
+    duration_s: float | None = None
+    target: str | None = None
+    acquire_timeout_s: float | None = None
+    labels: Mapping[str, str] | None = None
+
+
+@dataclass
+class _Managed:
+    record: FaultRecord
+    fault: Fault[Any]
+    sessions: SessionFactory
+    channel: ControlChannel
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+    stop_reason: EndReason = EndReason.ABORTED
+    force_kill_after_s: float | None = None
+    error_code: str | None = None
+    task: asyncio.Task[None] | None = None
+
+
+class Engine:
+    """Runs faults against targets. Build one per server (or CLI run) and ``close()`` it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        targets: Mapping[str, Target],
+        registry: Registry,
+        *,
+        instance: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.targets = dict(targets)
+        self.registry = registry
+        self.instance = instance or uuid.uuid4().hex[:12]
+        self._faults: OrderedDict[str, _Managed] = OrderedDict()
+        self._channels: dict[str, ControlChannel] = {}
+        self._monitor: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # ---- targets -------------------------------------------------------------------
+    def target(self, name: str | None) -> Target:
+        return targets_by_name(self.targets, name, self.settings.target_name)
+
+    def channel(self, target: Target) -> ControlChannel:
+        ch = self._channels.get(target.name)
+        if ch is None:
+            ch = ControlChannel(target, self.instance, connect_timeout_s=self.settings.connect_timeout_s)
+            self._channels[target.name] = ch
+        return ch
+
+    # ---- queries -------------------------------------------------------------------
+    def get(self, fault_id: str) -> FaultRecord:
+        m = self._faults.get(fault_id)
+        if m is None:
+            raise errors.NotFound(f"no fault with id {fault_id!r}", code="unknown_fault")
+        return m.record
+
+    def all(self) -> list[FaultRecord]:
+        return [m.record for m in self._faults.values()]
+
+    def unfinished(self, target: str | None = None) -> list[FaultRecord]:
+        return [
+            m.record
+            for m in self._faults.values()
+            if not m.record.state.finished and (target is None or m.record.target == target)
+        ]
+
+    async def impacts(self, records: Iterable[FaultRecord]) -> dict[str, Impact]:
+        """Live impact of the active faults among ``records`` (one snapshot per target)."""
+        by_target: dict[str, list[FaultRecord]] = {}
+        for r in records:
+            if r.state in (State.ACTIVE, State.PENDING) and r.pids:
+                by_target.setdefault(r.target, []).append(r)
+        out: dict[str, Impact] = {}
+        for name, recs in by_target.items():
+            ch = self.channel(self.target(name))
+            pids = {p for r in recs for p in r.pids}
+            try:
+                snap = await ch.snapshot(pids)
+            except (errors.DbChaosError, psycopg.Error) as exc:
+                _log.warning("cannot observe target %s: %s", name, getattr(exc, "message", exc))
+                continue
+            for r in recs:
+                imp = impact_of(snap, r.pids)
+                r.max_blocked = max(r.max_blocked, imp.blocked_count)
+                out[r.id] = imp
+        return out
+
+    # ---- lifecycle -----------------------------------------------------------------
+    def _duration(self, value: float | None) -> float:
+        d = self.settings.default_duration_s if value is None else value
+        if not isinstance(d, int | float) or isinstance(d, bool) or not math.isfinite(d) or d <= 0:
+            raise errors.InvalidInput("duration_s must be a positive number of seconds", field="duration_s")
+        if d > self.settings.max_duration_s:
+            raise errors.InvalidInput(
+                f"duration_s {d:g} is over this server's maximum of {self.settings.max_duration_s:g} s",
+                code="duration_too_long",
+                field="duration_s",
+            )
+        return float(d)
+
+    def _acquire(self, value: float | None) -> float:
+        a = self.settings.default_acquire_timeout_s if value is None else value
+        if (
+            not isinstance(a, int | float)
+            or isinstance(a, bool)
+            or not math.isfinite(a)
+            or not 0 <= a <= MAX_ACQUIRE_TIMEOUT_S
+        ):
+            raise errors.InvalidInput(
+                f"acquire_timeout_s must be between 0 and {MAX_ACQUIRE_TIMEOUT_S:g} seconds",
+                field="acquire_timeout_s",
+            )
+        return float(a)
+
+    @staticmethod
+    def _labels(value: Mapping[str, str] | None) -> dict[str, str]:
+        labels = dict(value or {})
+        if len(labels) > MAX_LABELS or any(
+            not isinstance(k, str) or not isinstance(v, str) or len(k) > 64 or len(v) > 256 for k, v in labels.items()
+        ):
+            raise errors.InvalidInput(
+                f"labels are at most {MAX_LABELS} string pairs (keys up to 64, values up to 256 characters)",
+                field="labels",
+            )
+        return labels
+
+    async def create(self, req: FaultRequest, *, wait: bool = True) -> FaultRecord:
+        """Validate, prepare and start a fault. With ``wait``, return once it is active
+        (or raise the reason it could not be acquired)."""
+        if self._closed:
+            raise errors.Conflict("dbchaos is shutting down", code="shutting_down")
+        fault = self.registry.build(req.kind, req.params)
+        duration = self._duration(req.duration_s)
+        acquire = self._acquire(req.acquire_timeout_s)
+        labels = self._labels(req.labels)
+        target = self.target(req.target)
+        self._check_cap(target.name)
+        channel = self.channel(target)
+        check = await channel.check()
+        check.raise_if_unusable()
+        await channel.run(fault.prepare)
+        self._check_cap(target.name)
+        fault_id = str(uuid.uuid4())
+        record = FaultRecord(
+            id=fault_id,
+            kind=fault.kind,
+            target=target.name,
+            params=fault.describe_params(),
+            duration_s=duration,
+            acquire_timeout_s=acquire,
+            labels=labels,
+            created_at=time.time(),
+        )
+        sessions = SessionFactory(
+            target,
+            fault_id,
+            Bounds(acquire, duration, self.settings.server_side_grace_s),
+            channel.server_version_num,
+            connect_timeout_s=self.settings.connect_timeout_s,
+        )
+        m = _Managed(record, fault, sessions, channel)
+        self._faults[fault_id] = m
+        self._trim_history()
+        m.task = asyncio.create_task(self._run(m), name=f"fault-{fault_id}")
+        self._ensure_monitor()
+        if wait:
+            await m.settled.wait()
+            if record.state is State.FAILED:
+                cls = error_class(m.error_code or "")
+                raise cls(
+                    record.error or "the fault could not be injected",
+                    code=m.error_code,
+                    extra={"fault_id": fault_id},
+                )
+        return record
+
+    def _check_cap(self, target: str) -> None:
+        if len(self.unfinished(target)) >= self.settings.max_faults_per_target:
+            raise errors.CapacityReached(
+                f"target {target!r} already has {self.settings.max_faults_per_target} faults running "
+                "(the per-target cap); abort some or wait for their deadlines"
+            )
+
+    def _trim_history(self) -> None:
+        if len(self._faults) <= HISTORY_LIMIT:
+            return
+        for fid in [fid for fid, m in self._faults.items() if m.record.state.finished][
+            : len(self._faults) - HISTORY_LIMIT
+        ]:
+            del self._faults[fid]
+
+    async def _run(self, m: _Managed) -> None:
+        rec = m.record
+        try:
+            acquired = await self._acquire_fault(m)
+            if not acquired:
+                return
+            now = time.time()
+            rec.activated_at = now
+            rec.deadline = now + rec.duration_s
+            rec.pids = m.sessions.pids
+            rec.details = m.fault.details()
+            rec.state = State.ACTIVE
+            m.settled.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, rec.deadline - time.time())):
+                    await m.stop.wait()
+            reason = m.stop_reason if m.stop.is_set() else EndReason.DEADLINE
+            await self._revert(m, reason)
+        except asyncio.CancelledError:
+            await m.sessions.release_all()
+            self._finish(m, State.REVERTED, EndReason.SHUTDOWN)
+            raise
+        except Exception as exc:  # never leave a session behind, whatever happened
+            _log.exception("fault %s crashed", rec.id)
+            await m.sessions.release_all()
+            self._finish(m, State.FAILED, EndReason.ERROR, error=f"internal error: {exc}")
+
+    async def _acquire_fault(self, m: _Managed) -> bool:
+        """Run the kind's inject; True once it holds everything, False if it ended."""
+        rec = m.record
+        watch = asyncio.create_task(self._watch_blockers(m))
+        inject = asyncio.create_task(m.fault.inject(m.sessions))
+        stopper = asyncio.create_task(m.stop.wait())
+        limit = rec.acquire_timeout_s + self.settings.connect_timeout_s + 5.0
+        try:
+            done, _ = await asyncio.wait({inject, stopper}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+            if inject in done:
+                inject.result()
+                return True
+            inject.cancel()
+            await asyncio.gather(inject, return_exceptions=True)
+            await m.sessions.release_all()
+            if m.stop.is_set():  # aborted while still acquiring: nothing is held
+                self._finish(m, State.REVERTED, m.stop_reason)
+            else:
+                self._fail(m, errors.LockNotAcquired(f"could not inject within {limit:g} s"))
+            return False
+        except errors.DbChaosError as exc:
+            await m.sessions.release_all()
+            self._fail(m, exc)
+            return False
+        except psycopg.Error as exc:
+            await m.sessions.release_all()
+            self._fail(m, translate(exc, f"{rec.kind} could not be injected"))
+            return False
+        finally:
+            stopper.cancel()
+            watch.cancel()
+            await asyncio.gather(watch, stopper, return_exceptions=True)
+
+    async def _watch_blockers(self, m: _Managed) -> None:
+        """While acquiring, remember who is in the way (for the failure report)."""
+        await asyncio.sleep(0.05)
+        while True:
+            pids = m.sessions.pids
+            if pids:
+                with contextlib.suppress(errors.DbChaosError, psycopg.Error):
+                    snap = await m.channel.snapshot(pids, max_age_s=0.05)
+                    found = []
+                    for pid in pids:
+                        s = snap.sessions.get(pid)
+                        for b in s.blocked_by if s else ():
+                            bs = snap.sessions.get(b)
+                            found.append(
+                                {
+                                    "pid": b,
+                                    "user": bs.user if bs else None,
+                                    "application_name": bs.application_name if bs else None,
+                                    "state": bs.state if bs else None,
+                                    "query": bs.query if bs else None,
+                                }
+                            )
+                    if found:
+                        m.record.blockers = found
+            await asyncio.sleep(0.1)
+
+    def _fail(self, m: _Managed, exc: errors.DbChaosError) -> None:
+        msg = exc.message
+        if m.record.blockers:
+            who = "; ".join(
+                f"pid {b['pid']} ({b.get('application_name') or 'no application_name'}, user {b.get('user')}, "
+                f"{b.get('state')}: {(b.get('query') or '')[:80]!r})"
+                for b in m.record.blockers
+            )
+            msg = f"{msg}; in the way: {who}"
+        m.error_code = exc.code
+        m.record.failed_during = "inject"
+        self._finish(m, State.FAILED, EndReason.ERROR, error=msg)
+
+    async def _revert(self, m: _Managed, reason: EndReason) -> None:
+        rec = m.record
+        rec.state = State.REVERTING
+        release = asyncio.create_task(m.fault.revert(m.sessions))
+        killed = False
+        if m.force_kill_after_s is not None:
+            done, _ = await asyncio.wait({release}, timeout=m.force_kill_after_s)
+            if not done:
+                with contextlib.suppress(errors.DbChaosError, psycopg.Error):
+                    await m.channel.terminate(rec.pids)
+                killed = True
+        try:
+            alive = await release
+        except Exception as exc:
+            _log.exception("revert of %s failed", rec.id)
+            rec.failed_during = "revert"
+            self._finish(m, State.FAILED, EndReason.ERROR, error=f"revert failed: {exc}")
+            return
+        if killed:
+            self._finish(m, State.REVERTED, EndReason.KILLED)
+        elif not alive:
+            self._finish(
+                m,
+                State.LOST,
+                EndReason.ERROR if reason is EndReason.DEADLINE else reason,
+                error="the fault's session went away (PostgreSQL released what it held)",
+            )
+        else:
+            self._finish(m, State.REVERTED, reason)
+
+    def _finish(self, m: _Managed, state: State, reason: EndReason, *, error: str | None = None) -> None:
+        rec = m.record
+        if rec.state.finished:
+            return
+        rec.state = state
+        rec.end_reason = reason
+        rec.ended_at = time.time()
+        if error:
+            rec.error = error
+        m.settled.set()
+
+    # ---- control -------------------------------------------------------------------
+    async def abort(
+        self,
+        fault_id: str,
+        *,
+        reason: EndReason = EndReason.ABORTED,
+        force_kill_after_s: float | None = None,
+        wait: bool = True,
+    ) -> FaultRecord:
+        """End a fault now and release what it holds. A finished fault is returned as it is."""
+        m = self._faults.get(fault_id)
+        if m is None:
+            raise errors.NotFound(f"no fault with id {fault_id!r}", code="unknown_fault")
+        if not m.record.state.finished and not m.stop.is_set():
+            m.stop_reason = reason
+            m.force_kill_after_s = force_kill_after_s
+            m.stop.set()
+        if wait and m.task is not None:
+            await asyncio.shield(m.task)
+        return m.record
+
+    async def reset(self, reason: EndReason = EndReason.RESET) -> list[FaultRecord]:
+        """End every fault this instance owns; returns them."""
+        ids = [m.record.id for m in self._faults.values() if not m.record.state.finished]
+        return list(await asyncio.gather(*(self.abort(i, reason=reason) for i in ids)))
+
+    def _ensure_monitor(self) -> None:
+        if self._monitor is None or self._monitor.done():
+            self._monitor = asyncio.create_task(self._monitor_loop(), name="dbchaos-monitor")
+
+    async def _monitor_loop(self) -> None:
+        """Notice faults whose sessions PostgreSQL ended (target restart, timeouts, kills)."""
+        while not self._closed:
+            await asyncio.sleep(MONITOR_INTERVAL_S)
+            active = [m for m in self._faults.values() if m.record.state is State.ACTIVE]
+            if not active:
+                if not self.unfinished():
+                    return
+                continue
+            by_target: dict[str, list[_Managed]] = {}
+            for m in active:
+                by_target.setdefault(m.record.target, []).append(m)
+            for ms in by_target.values():
+                pids = {p for m in ms for p in m.record.pids}
+                try:
+                    snap = await ms[0].channel.snapshot(pids, max_age_s=MONITOR_INTERVAL_S / 2)
+                except (errors.DbChaosError, psycopg.Error):
+                    gone = ms  # the target is down: their sessions are gone with it
+                else:
+                    gone = [m for m in ms if any(p not in snap.sessions for p in m.record.pids)]
+                    for m in ms:
+                        imp = impact_of(snap, m.record.pids)
+                        m.record.max_blocked = max(m.record.max_blocked, imp.blocked_count)
+                for m in gone:
+                    if m.record.state is State.ACTIVE and not m.stop.is_set():
+                        for s in m.sessions.sessions:
+                            s.alive = False
+                        m.stop_reason = EndReason.ERROR
+                        m.stop.set()
+
+    async def close(self) -> None:
+        """Revert everything (end reason ``shutdown``) and close control sessions."""
+        await self.reset(EndReason.SHUTDOWN)
+        self._closed = True
+        if self._monitor is not None:
+            self._monitor.cancel()
+            await asyncio.gather(self._monitor, return_exceptions=True)
+        for ch in self._channels.values():
+            with contextlib.suppress(Exception):
+                await ch.close()

@@ -1,0 +1,136 @@
+"""Fault sessions: connections a fault holds, each bounded on the server side.
+
+Every session is tagged ``application_name = 'dbchaos:<fault-id>'`` and carries, from
+its first packet (startup ``options``), the limits that make PostgreSQL end it by itself
+if dbchaos is killed, frozen or cut off (DESIGN §2, "Crash safety"):
+
+* ``lock_timeout`` — acquisition never waits longer than the fault's acquire timeout;
+* ``idle_in_transaction_session_timeout`` and ``idle_session_timeout`` — the fault's
+  duration plus a grace period, counted by PostgreSQL from the moment the acquiring
+  statement finished (the session is idle from then on);
+* ``statement_timeout`` — acquisition plus duration plus grace;
+* ``transaction_timeout`` on PostgreSQL >= 17;
+* ``client_connection_check_interval`` — a backend still *waiting* for a lock notices its
+  client died;
+* TCP keepalives where the connection is TCP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from dbchaos.errors import TargetUnreachable
+from dbchaos.targets import Target, parse_dsn
+
+CONNECTION_CHECK_INTERVAL_MS = 500
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How long a fault may wait and hold, in seconds."""
+
+    acquire_timeout_s: float
+    duration_s: float
+    grace_s: float
+
+    @property
+    def lock_timeout_ms(self) -> int:
+        # 0 means "do not wait": PostgreSQL's lock_timeout=0 would mean "wait forever".
+        return _ms(self.acquire_timeout_s) if self.acquire_timeout_s > 0 else 1
+
+    def startup_options(self, server_version_num: int) -> str:
+        """``-c`` options sent with the startup packet.
+
+        The idle timers start when the session goes idle, i.e. right after the statement
+        that acquired the fault: so ``duration + grace`` ends it ``grace`` past the deadline.
+        """
+        upper = _ms(self.acquire_timeout_s + self.duration_s + self.grace_s)
+        idle = _ms(self.duration_s + self.grace_s)
+        opts = {
+            "lock_timeout": self.lock_timeout_ms,
+            "statement_timeout": upper,
+            "idle_in_transaction_session_timeout": idle,
+            "idle_session_timeout": idle,
+            "client_connection_check_interval": CONNECTION_CHECK_INTERVAL_MS,
+        }
+        if server_version_num >= 170000:
+            opts["transaction_timeout"] = upper
+        return " ".join(f"-c {k}={v}" for k, v in opts.items())
+
+
+@dataclass
+class FaultSession:
+    """One connection held by a fault."""
+
+    conn: psycopg.AsyncConnection[Any]
+    pid: int
+    alive: bool = True
+
+    async def execute(self, query: sql.Composable | str, params: Any = None) -> psycopg.AsyncCursor[Any]:
+        return await self.conn.execute(query, params)  # type: ignore[arg-type]
+
+    async def release(self) -> bool:
+        """Roll back and close. Returns False if the session had already gone away."""
+        if self.conn.closed:
+            return self.alive
+        try:
+            if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                if self.conn.info.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
+                    await self.conn.cancel_safe(timeout=2.0)
+                await self.conn.execute("ROLLBACK")
+        except psycopg.OperationalError:
+            self.alive = False
+        except psycopg.Error:
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                await self.conn.close()
+        return self.alive
+
+
+@dataclass
+class SessionFactory:
+    """Opens bounded sessions for one fault and remembers them so the engine can release them."""
+
+    target: Target
+    fault_id: str
+    bounds: Bounds
+    server_version_num: int
+    connect_timeout_s: float = 3.0
+    sessions: list[FaultSession] = field(default_factory=list)
+
+    @property
+    def application_name(self) -> str:
+        return f"dbchaos:{self.fault_id}"
+
+    @property
+    def pids(self) -> list[int]:
+        return [s.pid for s in self.sessions]
+
+    async def open(self) -> FaultSession:
+        kwargs = self.target.connect_kwargs(self.application_name, connect_timeout_s=self.connect_timeout_s)
+        options = self.bounds.startup_options(self.server_version_num)
+        existing = parse_dsn(self.target.dsn).get("options")
+        kwargs["options"] = f"{existing} {options}" if existing else options
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.target.dsn, **kwargs)
+        except psycopg.OperationalError as exc:
+            raise TargetUnreachable(self.target.unreachable_message(exc)) from exc
+        session = FaultSession(conn, conn.info.backend_pid)
+        self.sessions.append(session)
+        return session
+
+    async def release_all(self) -> bool:
+        """Release every session; True if all of them were still alive until now."""
+        results = [await s.release() for s in self.sessions]
+        return all(results)

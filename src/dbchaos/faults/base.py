@@ -1,0 +1,67 @@
+"""The fault contract.
+
+A fault kind is one class with a ``kind`` name, a pydantic parameter model checked
+before anything touches the database, and three steps:
+
+* :meth:`Fault.prepare` — resolve names through the catalog (422 on anything unknown);
+* :meth:`Fault.inject` — acquire the fault through sessions the engine hands out;
+* :meth:`Fault.revert` — undo it; safe to call twice and after a crash.
+
+``observe`` is generic: the engine reads what the fault's sessions hold and whom they
+block from ``pg_locks`` / ``pg_stat_activity``; :meth:`Fault.details` adds what only
+the kind knows (rows locked, keys held). Kinds never sleep out their duration and
+never touch global state: deadlines, abort and bookkeeping belong to the engine.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Generic, TypeVar
+
+import psycopg
+from pydantic import BaseModel, ConfigDict
+
+from dbchaos.engine.session import SessionFactory
+
+
+class FaultParams(BaseModel):
+    """Base of every kind's parameter model: unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+P = TypeVar("P", bound=FaultParams)
+
+
+class Fault(ABC, Generic[P]):
+    """One fault of one kind, from preparation to revert."""
+
+    kind: ClassVar[str]
+    summary: ClassVar[str]
+    params_model: ClassVar[type[FaultParams]]
+
+    def __init__(self, params: P) -> None:
+        self.params = params
+
+    async def prepare(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Resolve and check everything the request names; raise ``InvalidInput``."""
+
+    @abstractmethod
+    async def inject(self, sessions: SessionFactory) -> None:
+        """Acquire the fault. Raise (``LockNotAcquired`` or a driver error) if it cannot."""
+
+    async def revert(self, sessions: SessionFactory) -> bool:
+        """Release everything. Returns False if PostgreSQL had already dropped it."""
+        return await sessions.release_all()
+
+    def details(self) -> dict[str, Any]:
+        """Kind-specific facts for status answers (resolved names, rows locked...)."""
+        return {}
+
+    def describe_params(self) -> dict[str, Any]:
+        """The parameters as answers show them (normalised spellings)."""
+        return self.params.model_dump(mode="json")
+
+    def objects(self) -> list[str]:
+        """Names of the database objects this fault acts on (for conflict checks and display)."""
+        return []

@@ -1,0 +1,223 @@
+"""Target databases: DSN handling (always masked when shown), connections that bound
+themselves, and the sanity checks run before any fault.
+
+A target is a DSN plus a name. Its DSN is a secret: only :func:`mask_dsn` output ever
+leaves this module, in answers and in log lines alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import conninfo
+
+from dbchaos.errors import InvalidInput, TargetUnreachable, TargetUnusable
+
+MIN_SERVER_VERSION_NUM = 140000
+_SECRET_KEYS = ("password", "sslpassword")
+_MASK = "***"
+
+
+def parse_dsn(dsn: str) -> dict[str, str]:
+    """Split a URI or ``key=value`` DSN into its parts; a clear 422 where it does not parse."""
+    try:
+        return {k: str(v) for k, v in conninfo.conninfo_to_dict(dsn).items() if v is not None}
+    except psycopg.ProgrammingError as exc:
+        raise InvalidInput("the target DSN does not parse as a PostgreSQL connection string", field="target") from exc
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN with every secret replaced by ``***``, in ``key=value`` form."""
+    try:
+        parts = parse_dsn(dsn)
+    except InvalidInput:
+        return "<unparseable DSN>"
+    for key in _SECRET_KEYS:
+        if key in parts:
+            parts[key] = _MASK
+    return conninfo.make_conninfo("", **parts)
+
+
+def describe_dsn(dsn: str) -> str:
+    """A short ``user@host:port/dbname`` for messages; never contains a secret."""
+    try:
+        p = parse_dsn(dsn)
+    except InvalidInput:
+        return "<unparseable DSN>"
+    host = p.get("host") or p.get("hostaddr") or "local socket"
+    where = f"{host}:{p['port']}" if "port" in p else host
+    user = p.get("user", "")
+    return f"{user + '@' if user else ''}{where}/{p.get('dbname', '')}"
+
+
+def scrub(text: str, dsn: str) -> str:
+    """Remove the DSN's secrets from a free-text message (driver errors and the like)."""
+    try:
+        parts = parse_dsn(dsn)
+    except InvalidInput:
+        return text
+    for key in _SECRET_KEYS:
+        secret = parts.get(key)
+        if secret:
+            text = text.replace(secret, _MASK)
+    return text
+
+
+@dataclass(frozen=True)
+class Target:
+    """A database dbchaos may inject faults into."""
+
+    name: str
+    dsn: str = field(repr=False)
+
+    @property
+    def masked_dsn(self) -> str:
+        return mask_dsn(self.dsn)
+
+    def connect_kwargs(self, application_name: str, *, connect_timeout_s: float = 3.0) -> dict[str, Any]:
+        """Keyword arguments for psycopg's connect: tagged, keepalive'd, time-bounded."""
+        kwargs: dict[str, Any] = {
+            "application_name": application_name[:63],
+            "connect_timeout": max(1, round(connect_timeout_s)),
+            "autocommit": True,
+        }
+        host = parse_dsn(self.dsn).get("host", "")
+        if host and not host.startswith("/"):
+            kwargs.update(keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3)
+        return kwargs
+
+    async def connect(self, application_name: str, *, connect_timeout_s: float = 3.0) -> psycopg.AsyncConnection[Any]:
+        """Open an autocommit async connection tagged with ``application_name``."""
+        try:
+            return await psycopg.AsyncConnection.connect(
+                self.dsn,
+                **self.connect_kwargs(application_name, connect_timeout_s=connect_timeout_s),
+            )
+        except psycopg.OperationalError as exc:
+            raise TargetUnreachable(self.unreachable_message(exc)) from exc
+
+    def unreachable_message(self, exc: BaseException) -> str:
+        first = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, self.dsn)
+        return f"cannot connect to target {self.name!r} ({describe_dsn(self.dsn)}): {first}"
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    """What dbchaos found when it looked at a target."""
+
+    name: str
+    masked_dsn: str
+    reachable: bool
+    usable: bool
+    problem: str | None = None
+    server_version: str | None = None
+    server_version_num: int | None = None
+    in_recovery: bool | None = None
+    read_only: bool | None = None
+    checked_at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dsn": self.masked_dsn,
+            "reachable": self.reachable,
+            "usable": self.usable,
+            "problem": self.problem,
+            "server_version": self.server_version,
+            "server_version_num": self.server_version_num,
+            "in_recovery": self.in_recovery,
+            "read_only": self.read_only,
+        }
+
+    def raise_if_unusable(self) -> None:
+        if not self.reachable:
+            raise TargetUnreachable(self.problem or f"target {self.name!r} is unreachable")
+        if not self.usable:
+            raise TargetUnusable(self.problem or f"target {self.name!r} is not usable")
+
+
+def usability_problem(
+    name: str, *, server_version_num: int, server_version: str, in_recovery: bool, read_only: bool
+) -> str | None:
+    """The reason a fault cannot work on a server with these properties, or ``None``."""
+    if server_version_num < MIN_SERVER_VERSION_NUM:
+        return (
+            f"target {name!r} runs PostgreSQL {server_version}; dbchaos needs 14 or newer "
+            "(for idle_session_timeout and client_connection_check_interval)"
+        )
+    if in_recovery:
+        return f"target {name!r} is a replica in recovery (pg_is_in_recovery() is true); point dbchaos at the primary"
+    if read_only:
+        return f"target {name!r} is read-only (default_transaction_read_only is on); dbchaos needs a writable database"
+    return None
+
+
+_CHECK_SQL = """
+SELECT current_setting('server_version_num')::int,
+       current_setting('server_version'),
+       pg_is_in_recovery(),
+       current_setting('default_transaction_read_only') = 'on'
+"""
+
+
+async def check_target(target: Target, *, connect_timeout_s: float = 3.0) -> TargetCheck:
+    """Connect to the target and report whether faults can work there. Never raises."""
+    try:
+        async with asyncio.timeout(connect_timeout_s + 2):
+            conn = await target.connect("dbchaos:check", connect_timeout_s=connect_timeout_s)
+            try:
+                cur = await conn.execute(_CHECK_SQL)
+                row = await cur.fetchone()
+            finally:
+                await conn.close()
+    except TargetUnreachable as exc:
+        return TargetCheck(target.name, target.masked_dsn, reachable=False, usable=False, problem=exc.message)
+    except (TimeoutError, psycopg.Error) as exc:
+        return TargetCheck(
+            target.name,
+            target.masked_dsn,
+            reachable=False,
+            usable=False,
+            problem=target.unreachable_message(exc)
+            if str(exc)
+            else f"cannot connect to target {target.name!r} ({describe_dsn(target.dsn)}): timed out",
+        )
+    assert row is not None
+    version_num, version, in_recovery, read_only = (
+        int(row[0]),
+        str(row[1]),
+        bool(row[2]),
+        bool(row[3]),
+    )
+    problem = usability_problem(
+        target.name,
+        server_version_num=version_num,
+        server_version=version,
+        in_recovery=in_recovery,
+        read_only=read_only,
+    )
+    return TargetCheck(
+        target.name,
+        target.masked_dsn,
+        reachable=True,
+        usable=problem is None,
+        problem=problem,
+        server_version=version,
+        server_version_num=version_num,
+        in_recovery=in_recovery,
+        read_only=read_only,
+    )
+
+
+def targets_by_name(targets: Mapping[str, Target], name: str | None, default: str) -> Target:
+    """Resolve a requested target name (or the default)."""
+    key = name or default
+    try:
+        return targets[key]
+    except KeyError:
+        raise InvalidInput(f"unknown target {key!r}; known: {', '.join(sorted(targets))}", field="target") from None
