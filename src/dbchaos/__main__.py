@@ -1,0 +1,5 @@
+"""``python -m dbchaos``: the same as the ``dbchaos`` command."""
+
+from dbchaos.cli.main import main
+
+main()

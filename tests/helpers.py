@@ -1,0 +1,62 @@
+"""Small helpers shared by the database tests: polling and what PostgreSQL shows."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 5.0, interval: float = 0.02, what: str = "condition") -> T:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def query(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(sql, params)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description is not None else []
+
+
+def dbchaos_sessions(dsn: str, *, include_control: bool = False) -> list[tuple[Any, ...]]:
+    """Fault sessions (``dbchaos:<uuid>``) still connected, in any database."""
+    rows = query(
+        dsn, "SELECT pid, application_name, state FROM pg_stat_activity WHERE application_name LIKE 'dbchaos:%'"
+    )
+    if include_control:
+        return rows
+    return [r for r in rows if len(str(r[1])) == len("dbchaos:") + 36]
+
+
+def relation_locks(dsn: str, table: str) -> list[tuple[Any, ...]]:
+    """(pid, mode, granted, application_name) of locks on ``table`` held or awaited by dbchaos sessions."""
+    return query(
+        dsn,
+        "SELECT l.pid, l.mode, l.granted, a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+        " WHERE l.locktype = 'relation' AND l.relation = to_regclass(%s) AND a.application_name LIKE 'dbchaos:%%'",
+        (table,),
+    )
+
+
+def statement_waits(dsn: str, statement: str, lock_timeout_ms: int = 300) -> bool:
+    """Run ``statement`` in a transaction that is rolled back; True if it hit lock_timeout."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute(f"SET lock_timeout = {int(lock_timeout_ms)}")
+        try:
+            conn.execute(statement)  # type: ignore[arg-type]
+        except psycopg.errors.LockNotAvailable:
+            return True
+        finally:
+            conn.rollback()
+    return False
