@@ -60,3 +60,13 @@ def statement_waits(dsn: str, statement: str, lock_timeout_ms: int = 300) -> boo
         finally:
             conn.rollback()
     return False
+
+
+def dbchaos_lock_count(dsn: str) -> int:
+    """Locks (of any kind) held or awaited by dbchaos sessions, cluster-wide."""
+    rows = query(
+        dsn,
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+        " WHERE a.application_name LIKE 'dbchaos:%%' AND l.locktype <> 'virtualxid'",
+    )
+    return int(rows[0][0])

@@ -133,7 +133,7 @@ def test_bad_input_is_refused_with_its_field_and_leaves_nothing(
     db: str, params: dict[str, object], field: str, code: str
 ) -> None:
     from dbchaos.errors import DbChaosError
-    from tests.helpers import dbchaos_sessions, query
+    from tests.helpers import dbchaos_lock_count, dbchaos_sessions
 
     async def scenario() -> DbChaosError:
         async with engine_for(db) as engine:
@@ -146,13 +146,7 @@ def test_bad_input_is_refused_with_its_field_and_leaves_nothing(
     assert err.field == field
     assert err.code == code
     assert dbchaos_sessions(db) == []
-    assert (
-        query(
-            db,
-            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.application_name LIKE 'dbchaos:%'",
-        )[0][0]
-        == 0
-    )
+    assert dbchaos_lock_count(db) == 0
 
 
 @pytest.mark.parametrize(

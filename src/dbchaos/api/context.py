@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Request
 
@@ -16,6 +17,7 @@ class AppContext:
     settings: Settings
     targets: dict[str, Target]
     engine: Engine
+    compat_attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def target(self, name: str | None = None) -> Target:
         return targets_by_name(self.targets, name, self.settings.target_name)
