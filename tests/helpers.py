@@ -25,7 +25,7 @@ def wait_for(condition: Callable[[], T], timeout: float = 5.0, interval: float =
 
 def query(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        cur = conn.execute(sql, params)  # type: ignore[arg-type]
+        cur = conn.execute(sql, params)
         return cur.fetchall() if cur.description is not None else []
 
 
@@ -54,7 +54,7 @@ def statement_waits(dsn: str, statement: str, lock_timeout_ms: int = 300) -> boo
     with psycopg.connect(dsn) as conn:
         conn.execute(f"SET lock_timeout = {int(lock_timeout_ms)}")
         try:
-            conn.execute(statement)  # type: ignore[arg-type]
+            conn.execute(statement)
         except psycopg.errors.LockNotAvailable:
             return True
         finally:
