@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dbchaos.cli import serve
+from dbchaos.cli import inject, kinds, remote, serve
 
 app = typer.Typer(
     name="dbchaos",
@@ -14,6 +14,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("serve")(serve.serve)
+app.command("inject")(inject.inject)
+app.command("kinds")(kinds.kinds)
+app.command("status")(remote.status)
+app.command("abort")(remote.abort)
+app.command("reset")(remote.reset)
 
 
 @app.callback()

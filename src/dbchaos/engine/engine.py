@@ -333,6 +333,7 @@ class Engine:
             )
             msg = f"{msg}; in the way: {who}"
         m.error_code = exc.code
+        m.record.error_code = exc.code
         m.record.failed_during = "inject"
         self._finish(m, State.FAILED, EndReason.ERROR, error=msg)
 

@@ -53,6 +53,8 @@ class FaultRecord:
     deadline: float | None = None
     ended_at: float | None = None
     error: str | None = None
+    #: the error's code (``lock_not_acquired``, ``target_unreachable``...) when it failed
+    error_code: str | None = None
     #: phase in which it failed: "inject" or "revert"
     failed_during: str | None = None
     pids: list[int] = field(default_factory=list)

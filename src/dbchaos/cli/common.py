@@ -1,0 +1,55 @@
+"""What every command shares: consoles, --json output, and errors as one clear line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from dbchaos import errors
+from dbchaos.cli import exits
+from dbchaos.settings import Settings
+from dbchaos.targets import Target, parse_dsn
+
+
+def stdout() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def stderr() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def fail(message: str, code: int, *, as_json: bool = False, error_code: str = "error") -> NoReturn:
+    """Print one clear line (or a JSON error object) and exit with ``code``."""
+    if as_json:
+        emit_json({"error": {"detail": message, "code": error_code}})
+    else:
+        stderr().print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def fail_with(exc: errors.DbChaosError, *, as_json: bool = False) -> NoReturn:
+    fail(exc.message, exits.code_for(exc), as_json=as_json, error_code=exc.code)
+
+
+def resolve_target(value: str | None, settings: Settings) -> Target:
+    """``--target`` is a DSN or a configured target name (today: ``default``)."""
+    if value is None or value == settings.target_name:
+        if settings.target_dsn is None:
+            raise errors.InvalidInput("no target: pass --target DSN (or set DBCHAOS_TARGET_DSN)", field="target")
+        return Target(settings.target_name, settings.target_dsn)
+    if "=" in value or "://" in value:
+        parse_dsn(value)
+        return Target(settings.target_name, value)
+    raise errors.InvalidInput(
+        f"unknown target name {value!r}; pass a DSN such as postgresql://user@host/db", field="target"
+    )
