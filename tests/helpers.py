@@ -30,7 +30,7 @@ def query(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
 
 
 def dbchaos_sessions(dsn: str, *, include_control: bool = False) -> list[tuple[Any, ...]]:
-    """Fault sessions (``dbchaos:<uuid>``) still connected, in any database."""
+    """Fault sessions (``dbchaos:<uuid>``) still connected to this database."""
     rows = query(
         dsn, "SELECT pid, application_name, state FROM pg_stat_activity WHERE application_name LIKE 'dbchaos:%'"
     )
@@ -44,7 +44,8 @@ def relation_locks(dsn: str, table: str) -> list[tuple[Any, ...]]:
     return query(
         dsn,
         "SELECT l.pid, l.mode, l.granted, a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
-        " WHERE l.locktype = 'relation' AND l.relation = to_regclass(%s) AND a.application_name LIKE 'dbchaos:%%'",
+        " WHERE l.locktype = 'relation' AND l.relation = to_regclass(%s) AND a.application_name LIKE 'dbchaos:%%'"
+        " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         (table,),
     )
 
@@ -63,10 +64,10 @@ def statement_waits(dsn: str, statement: str, lock_timeout_ms: int = 300) -> boo
 
 
 def dbchaos_lock_count(dsn: str) -> int:
-    """Locks (of any kind) held or awaited by dbchaos sessions, cluster-wide."""
+    """Locks (of any kind) held or awaited by dbchaos sessions connected to this database."""
     rows = query(
         dsn,
         "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
-        " WHERE a.application_name LIKE 'dbchaos:%%' AND l.locktype <> 'virtualxid'",
+        " WHERE a.application_name LIKE 'dbchaos:%' AND l.locktype <> 'virtualxid' AND a.datname = current_database()",
     )
     return int(rows[0][0])

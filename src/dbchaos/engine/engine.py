@@ -24,7 +24,7 @@ import psycopg
 from dbchaos import errors
 from dbchaos.engine.control import ControlChannel
 from dbchaos.engine.model import EndReason, FaultRecord, State
-from dbchaos.engine.pgerrors import error_class, translate
+from dbchaos.engine.pgerrors import translate
 from dbchaos.engine.session import Bounds, SessionFactory
 from dbchaos.faults.base import Fault
 from dbchaos.faults.registry import Registry
@@ -60,7 +60,7 @@ class _Managed:
     settled: asyncio.Event = field(default_factory=asyncio.Event)
     stop_reason: EndReason = EndReason.ABORTED
     force_kill_after_s: float | None = None
-    error_code: str | None = None
+    error: errors.DbChaosError | None = None
     task: asyncio.Task[None] | None = None
 
 
@@ -214,10 +214,11 @@ class Engine:
         if wait:
             await m.settled.wait()
             if record.state is State.FAILED:
-                cls = error_class(m.error_code or "")
+                # the same class as the failure (403 stays 403), with the full message
+                cls = type(m.error) if m.error is not None else errors.Conflict
                 raise cls(
                     record.error or "the fault could not be injected",
-                    code=m.error_code,
+                    code=record.error_code,
                     extra={"fault_id": fault_id},
                 )
         return record
@@ -332,7 +333,7 @@ class Engine:
                 for b in m.record.blockers
             )
             msg = f"{msg}; in the way: {who}"
-        m.error_code = exc.code
+        m.error = exc
         m.record.error_code = exc.code
         m.record.failed_during = "inject"
         self._finish(m, State.FAILED, EndReason.ERROR, error=msg)

@@ -24,18 +24,3 @@ def translate(exc: psycopg.Error, what: str) -> errors.DbChaosError:
     if state.startswith("08") or (isinstance(exc, psycopg.OperationalError) and not state):
         return errors.TargetUnreachable(f"{what}: the connection to the target failed ({text})")
     return errors.Conflict(f"{what}: PostgreSQL refused it [{state or 'no SQLSTATE'}] ({text})", code="database_error")
-
-
-def error_class(code: str) -> type[errors.DbChaosError]:
-    """The error class that carries ``code`` (to re-raise a recorded failure)."""
-    for cls in (
-        errors.LockNotAcquired,
-        errors.Forbidden,
-        errors.TargetUnreachable,
-        errors.TargetUnusable,
-        errors.CapacityReached,
-        errors.InvalidInput,
-    ):
-        if cls.code == code:
-            return cls
-    return errors.Conflict

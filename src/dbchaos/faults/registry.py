@@ -81,7 +81,11 @@ def invalid_from_validation(exc: ValidationError, prefix: str) -> InvalidInput:
 
 
 def default_registry() -> Registry:
+    from dbchaos.faults.advisory_lock import AdvisoryLock
+    from dbchaos.faults.connection_exhaustion import ConnectionExhaustion
+    from dbchaos.faults.idle_transaction import IdleTransaction
+    from dbchaos.faults.row_lock import RowLock
     from dbchaos.faults.table_lock import TableLock
 
-    kinds: list[type[Fault[Any]]] = [TableLock]
+    kinds: list[type[Fault[Any]]] = [TableLock, RowLock, AdvisoryLock, IdleTransaction, ConnectionExhaustion]
     return Registry(kinds)
