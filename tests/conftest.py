@@ -6,8 +6,8 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from dbchaos.embedded.server import EmbeddedPostgres, embedded_binaries, system_binaries
 
+from dbchaos.embedded.server import EmbeddedPostgres, embedded_binaries, system_binaries
 from tests.pg import PgServer, fresh_database, prepare_template, server_labels, version_of
 
 
