@@ -8,7 +8,9 @@ from collections.abc import Iterator
 import pytest
 
 from dbchaos.embedded.server import EmbeddedPostgres, embedded_binaries, system_binaries
-from tests.pg import PgServer, fresh_database, prepare_template, server_labels, version_of
+from dbchaos.faults.migration.graph import RevisionGraph
+from tests.alembic_helpers import INI
+from tests.pg import ALEMBIC_TEMPLATE_DB, PgServer, fresh_database, prepare_template, server_labels, version_of
 
 
 @pytest.fixture(scope="session", params=server_labels())
@@ -41,3 +43,17 @@ def db(pg: PgServer) -> Iterator[str]:
     """DSN of a fresh database with the sample schema (items, users, orders)."""
     with fresh_database(pg) as dsn:
         yield dsn
+
+
+@pytest.fixture
+def alembic_db(pg: PgServer) -> Iterator[str]:
+    """DSN of a fresh database migrated to head by the test Alembic project
+    (tests/alembic_project: a1 -> b2 -> (c3 | d4) -> e5 merge -> f6 head), sample tables too."""
+    with fresh_database(pg, ALEMBIC_TEMPLATE_DB) as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="session")
+def graph() -> RevisionGraph:
+    """The test Alembic project's revision graph, read with Alembic's ScriptDirectory."""
+    return RevisionGraph.from_alembic_ini(INI)

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import psycopg
+
+from dbchaos.engine.engine import Engine
+from dbchaos.faults.migration.graph import RevisionGraph
+from dbchaos.faults.registry import default_registry
+from dbchaos.settings import Settings
+from dbchaos.targets import Target
 
 T = TypeVar("T")
 
@@ -71,3 +78,18 @@ def dbchaos_lock_count(dsn: str) -> int:
         " WHERE a.application_name LIKE 'dbchaos:%' AND l.locktype <> 'virtualxid' AND a.datname = current_database()",
     )
     return int(rows[0][0])
+
+
+@asynccontextmanager
+async def running_engine(dsn: str, graph: RevisionGraph | None = None, **settings: Any) -> AsyncIterator[Engine]:
+    """An engine on ``dsn`` (target ``default``), closed (everything reverted) afterwards."""
+    engine = Engine(
+        Settings(**settings),
+        {"default": Target("default", dsn)},
+        default_registry(),
+        graphs={"default": graph} if graph is not None else None,
+    )
+    try:
+        yield engine
+    finally:
+        await engine.close()

@@ -43,21 +43,31 @@ def version_of(dsn: str) -> int:
 
 
 TEMPLATE_DB = "dbchaos_test_template"
+ALEMBIC_TEMPLATE_DB = "dbchaos_test_alembic_template"
 
 
 def prepare_template(server: PgServer) -> None:
-    """Create the template database (sample schema) the per-test databases copy."""
+    """Create the template databases the per-test databases copy: the sample schema, and
+    the same migrated to head by the test Alembic project."""
+    from tests.alembic_helpers import migrate
+
     create_sample_database(server.admin_dsn, TEMPLATE_DB)
+    with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(ALEMBIC_TEMPLATE_DB)))
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(ALEMBIC_TEMPLATE_DB), sql.Identifier(TEMPLATE_DB)
+            )
+        )
+    migrate(server.dsn(ALEMBIC_TEMPLATE_DB))
 
 
 @contextmanager
-def fresh_database(server: PgServer) -> Iterator[str]:
-    """A new database copied from the template; dropped (sessions forced out) afterwards."""
+def fresh_database(server: PgServer, template: str = TEMPLATE_DB) -> Iterator[str]:
+    """A new database copied from a template; dropped (sessions forced out) afterwards."""
     name = f"t_{secrets.token_hex(6)}"
     with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(TEMPLATE_DB))
-        )
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
     try:
         yield server.dsn(name)
     finally:

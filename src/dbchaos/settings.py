@@ -33,6 +33,8 @@ class Settings:
     server_side_grace_s: float = 2.0
     connect_timeout_s: float = 3.0
     log_level: str = "info"
+    #: the application's alembic.ini, for the revision graph of the default target
+    alembic_ini: str | None = None
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with the given non-``None`` fields replaced (for CLI flags)."""

@@ -13,6 +13,7 @@ from dbchaos.api.errors import install_error_handlers
 from dbchaos.api.guard import HostOriginGuard, allowed_hosts_for
 from dbchaos.api.routes import compat_locks, faults, health
 from dbchaos.engine.engine import Engine
+from dbchaos.faults.migration.graph import RevisionGraph
 from dbchaos.faults.registry import Registry, default_registry
 from dbchaos.settings import Settings
 from dbchaos.targets import Target
@@ -24,15 +25,20 @@ def create_app(
     *,
     extra_allowed_hosts: Iterable[str] = (),
     registry: Registry | None = None,
+    graphs: Mapping[str, RevisionGraph] | None = None,
+    recover_on_start: bool = True,
 ) -> FastAPI:
     """Build the dbchaos HTTP application for these settings and targets.
 
-    The engine lives as long as the app's lifespan: on shutdown every fault is reverted.
+    The engine lives as long as the app's lifespan: at start-up it recovers what crashed
+    instances left in the targets' journals; on shutdown every fault is reverted.
     """
-    engine = Engine(settings, targets, registry or default_registry())
+    engine = Engine(settings, targets, registry or default_registry(), graphs=graphs)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if recover_on_start:
+            engine.start_recovery()
         try:
             yield
         finally:

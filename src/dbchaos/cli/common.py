@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
@@ -11,6 +12,7 @@ from rich.console import Console
 
 from dbchaos import errors
 from dbchaos.cli import exits
+from dbchaos.faults.migration.graph import RevisionGraph
 from dbchaos.settings import Settings
 from dbchaos.targets import Target, parse_dsn
 
@@ -53,3 +55,21 @@ def resolve_target(value: str | None, settings: Settings) -> Target:
     raise errors.InvalidInput(
         f"unknown target name {value!r}; pass a DSN such as postgresql://user@host/db", field="target"
     )
+
+
+def load_graphs(settings: Settings) -> dict[str, RevisionGraph]:
+    """The default target's revision graph, when the operator configured its alembic.ini.
+
+    Loading imports the revision files (runs their code): the path comes only from the
+    operator's flags or environment.
+    """
+    if not settings.alembic_ini:
+        return {}
+    try:
+        return {settings.target_name: RevisionGraph.from_alembic_ini(Path(settings.alembic_ini))}
+    except errors.DbChaosError:
+        raise
+    except Exception as exc:
+        raise errors.InvalidInput(
+            f"cannot read the Alembic scripts of {settings.alembic_ini}: {exc}", field="alembic_ini"
+        ) from exc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dbchaos.cli import inject, kinds, remote, serve
+from dbchaos.cli import inject, kinds, recover, remote, serve
 
 app = typer.Typer(
     name="dbchaos",
@@ -19,6 +19,7 @@ app.command("kinds")(kinds.kinds)
 app.command("status")(remote.status)
 app.command("abort")(remote.abort)
 app.command("reset")(remote.reset)
+app.command("recover")(recover.recover)
 
 
 @app.callback()

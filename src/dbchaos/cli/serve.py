@@ -16,6 +16,7 @@ from rich.console import Console
 from dbchaos import errors
 from dbchaos.api.app import create_app
 from dbchaos.cli import exits
+from dbchaos.cli.common import load_graphs
 from dbchaos.embedded.sample import create_sample_database
 from dbchaos.embedded.server import EmbeddedPostgres
 from dbchaos.settings import Settings
@@ -37,13 +38,17 @@ def serve(
     ] = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on.  [default: 127.0.0.1]")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.  [default: 8080]")] = None,
+    alembic_ini: Annotated[
+        str | None, typer.Option(help="The application's alembic.ini (its revision graph, for migration faults).")
+    ] = None,
 ) -> None:
     """Serve the dbchaos HTTP API (docs at /docs)."""
     err = Console(stderr=True)
     out = Console()
     try:
-        settings = Settings.from_env().with_overrides(host=host, port=port, target_dsn=target)
+        settings = Settings.from_env().with_overrides(host=host, port=port, target_dsn=target, alembic_ini=alembic_ini)
         settings.validate()
+        graphs = load_graphs(settings)
     except errors.DbChaosError as exc:
         err.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(exits.USAGE) from None
@@ -61,7 +66,7 @@ def serve(
                 f"127.0.0.1:{embedded.port} with sample tables items, users, orders"
             )
         targets = {settings.target_name: Target(settings.target_name, dsn)}
-        app = create_app(settings, targets)
+        app = create_app(settings, targets, graphs=graphs)
         asyncio.run(_serve(app, settings, dsn, out, embedded is not None))
     except (KeyboardInterrupt, _Terminated):
         pass

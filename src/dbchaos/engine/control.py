@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from dbchaos.errors import TargetUnreachable
+from dbchaos.faults.migration.journal import OWNER_LOCK_CLASS
 from dbchaos.observe.activity import Snapshot, take_snapshot
 from dbchaos.targets import Target, TargetCheck, usability_problem
 
@@ -32,9 +33,11 @@ class ControlChannel:
         *,
         connect_timeout_s: float,
         snapshot_ttl_s: float = 0.25,
+        owner_key: int | None = None,
     ):
         self.target = target
         self.instance = instance
+        self.owner_key = owner_key
         self.connect_timeout_s = connect_timeout_s
         self.snapshot_ttl_s = snapshot_ttl_s
         self._conn: psycopg.AsyncConnection[Any] | None = None
@@ -50,6 +53,9 @@ class ControlChannel:
             await self._conn.execute(
                 "SET statement_timeout = '10s'; SET lock_timeout = '2s'; SET idle_session_timeout = 0"
             )
+            if self.owner_key is not None:
+                # this instance's ownership of its journal entries on the target (DESIGN §2)
+                await self._conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (OWNER_LOCK_CLASS, self.owner_key))
         return self._conn
 
     async def run(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:

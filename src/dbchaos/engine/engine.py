@@ -25,8 +25,11 @@ from dbchaos import errors
 from dbchaos.engine.control import ControlChannel
 from dbchaos.engine.model import EndReason, FaultRecord, State
 from dbchaos.engine.pgerrors import translate
+from dbchaos.engine.recovery import recover
 from dbchaos.engine.session import Bounds, SessionFactory
-from dbchaos.faults.base import Fault
+from dbchaos.faults.base import Fault, FaultEnv, FaultParams
+from dbchaos.faults.migration.graph import RevisionGraph
+from dbchaos.faults.migration.journal import owner_key
 from dbchaos.faults.registry import Registry
 from dbchaos.observe.activity import Impact, impact_of
 from dbchaos.settings import Settings
@@ -38,6 +41,8 @@ MAX_ACQUIRE_TIMEOUT_S = 300.0
 MAX_LABELS = 20
 HISTORY_LIMIT = 10_000
 MONITOR_INTERVAL_S = 1.0
+RECOVERY_INTERVAL_S = 30.0
+RECOVERY_RETRY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,20 @@ class _Managed:
     task: asyncio.Task[None] | None = None
 
 
+class _NoFault(Fault[Any]):
+    """Stands in for the fault object of a record found by recovery (already finished)."""
+
+    kind = "recovered"
+    summary = "a fault recovered from the journal"
+    params_model = FaultParams
+
+    def __init__(self) -> None:
+        super().__init__(FaultParams())
+
+    async def inject(self, sessions: SessionFactory) -> None:  # pragma: no cover - never injected
+        raise AssertionError("a recovered record is never injected")
+
+
 class Engine:
     """Runs faults against targets. Build one per server (or CLI run) and ``close()`` it."""
 
@@ -74,14 +93,18 @@ class Engine:
         registry: Registry,
         *,
         instance: str | None = None,
+        graphs: Mapping[str, RevisionGraph] | None = None,
     ) -> None:
         self.settings = settings
         self.targets = dict(targets)
         self.registry = registry
+        self.graphs = dict(graphs or {})
         self.instance = instance or uuid.uuid4().hex[:12]
+        self.owner_key = owner_key(self.instance)
         self._faults: OrderedDict[str, _Managed] = OrderedDict()
         self._channels: dict[str, ControlChannel] = {}
         self._monitor: asyncio.Task[None] | None = None
+        self._recovery: asyncio.Task[None] | None = None
         self._closed = False
 
     # ---- targets -------------------------------------------------------------------
@@ -91,7 +114,9 @@ class Engine:
     def channel(self, target: Target) -> ControlChannel:
         ch = self._channels.get(target.name)
         if ch is None:
-            ch = ControlChannel(target, self.instance, connect_timeout_s=self.settings.connect_timeout_s)
+            ch = ControlChannel(
+                target, self.instance, connect_timeout_s=self.settings.connect_timeout_s, owner_key=self.owner_key
+            )
             self._channels[target.name] = ch
         return ch
 
@@ -186,9 +211,10 @@ class Engine:
         channel = self.channel(target)
         check = await channel.check()
         check.raise_if_unusable()
+        fault_id = str(uuid.uuid4())
+        fault.env = FaultEnv(fault_id, self.instance, self.owner_key, duration, self.graphs.get(target.name))
         await channel.run(fault.prepare)
         self._check_cap(target.name)
-        fault_id = str(uuid.uuid4())
         record = FaultRecord(
             id=fault_id,
             kind=fault.kind,
@@ -341,7 +367,7 @@ class Engine:
     async def _revert(self, m: _Managed, reason: EndReason) -> None:
         rec = m.record
         rec.state = State.REVERTING
-        release = asyncio.create_task(m.fault.revert(m.sessions))
+        release = asyncio.create_task(m.fault.revert(m.sessions, reason))
         killed = False
         if m.force_kill_after_s is not None:
             done, _ = await asyncio.wait({release}, timeout=m.force_kill_after_s)
@@ -350,23 +376,22 @@ class Engine:
                     await m.channel.terminate(rec.pids)
                 killed = True
         try:
-            alive = await release
+            outcome = await release
         except Exception as exc:
             _log.exception("revert of %s failed", rec.id)
             rec.failed_during = "revert"
-            self._finish(m, State.FAILED, EndReason.ERROR, error=f"revert failed: {exc}")
+            self._finish(m, State.FAILED, EndReason.ERROR, error=f"revert failed: {getattr(exc, 'message', exc)}")
             return
+        rec.details.update(outcome.details)
         if killed:
             self._finish(m, State.REVERTED, EndReason.KILLED)
-        elif not alive:
-            self._finish(
-                m,
-                State.LOST,
-                EndReason.ERROR if reason is EndReason.DEADLINE else reason,
-                error="the fault's session went away (PostgreSQL released what it held)",
-            )
+        elif outcome.state is State.LOST:
+            lost_reason = EndReason.ERROR if reason is EndReason.DEADLINE else reason
+            self._finish(m, State.LOST, lost_reason, error=outcome.error)
         else:
-            self._finish(m, State.REVERTED, reason)
+            if outcome.state is State.FAILED:
+                rec.failed_during = "revert"
+            self._finish(m, outcome.state, reason, error=outcome.error)
 
     def _finish(self, m: _Managed, state: State, reason: EndReason, *, error: str | None = None) -> None:
         rec = m.record
@@ -439,13 +464,64 @@ class Engine:
                         m.stop_reason = EndReason.ERROR
                         m.stop.set()
 
+    # ---- recovery ------------------------------------------------------------------
+    async def recover(self, target_name: str | None = None) -> list[FaultRecord]:
+        """Revert the journal entries on a target whose owner is gone; returns them as
+        finished faults (end reason ``recovered``)."""
+        target = self.target(target_name)
+        found = await recover(target, self.instance, self.owner_key, connect_timeout_s=self.settings.connect_timeout_s)
+        out: list[FaultRecord] = []
+        now = time.time()
+        for r in found:
+            rec = FaultRecord(
+                id=r.entry.fault_id,
+                kind=r.entry.kind,
+                target=target.name,
+                params={},
+                duration_s=0.0,
+                acquire_timeout_s=0.0,
+                labels={"recovered_from": r.entry.owner},
+                created_at=r.entry.created_at,
+                state=r.outcome.state,
+                end_reason=EndReason.RECOVERED,
+                ended_at=now,
+                error=r.outcome.error,
+                details=dict(r.outcome.details),
+            )
+            if r.entry.fault_id not in self._faults:
+                self._faults[rec.id] = _Managed(
+                    rec, _NoFault(), SessionFactory(target, rec.id, Bounds(0, 0, 0), 0), self.channel(target)
+                )
+            out.append(rec)
+        return out
+
+    def start_recovery(self) -> None:
+        """Recover every target now and every ``RECOVERY_INTERVAL_S`` (in the background)."""
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.create_task(self._recovery_loop(), name="dbchaos-recovery")
+
+    async def _recovery_loop(self) -> None:
+        while not self._closed:
+            pending = False
+            for name in self.targets:
+                try:
+                    recs = await self.recover(name)
+                except (errors.DbChaosError, psycopg.Error, OSError) as exc:
+                    pending = True
+                    _log.info("recovery on %s postponed: %s", name, getattr(exc, "message", exc))
+                    continue
+                for r in recs:
+                    _log.warning("recovered fault %s (%s) on %s: %s", r.id, r.kind, name, r.state.value)
+            await asyncio.sleep(RECOVERY_RETRY_S if pending else RECOVERY_INTERVAL_S)
+
     async def close(self) -> None:
         """Revert everything (end reason ``shutdown``) and close control sessions."""
         await self.reset(EndReason.SHUTDOWN)
         self._closed = True
-        if self._monitor is not None:
-            self._monitor.cancel()
-            await asyncio.gather(self._monitor, return_exceptions=True)
+        for task in (self._monitor, self._recovery):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for ch in self._channels.values():
             with contextlib.suppress(Exception):
                 await ch.close()

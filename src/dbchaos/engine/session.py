@@ -130,6 +130,11 @@ class SessionFactory:
         self.sessions.append(session)
         return session
 
+    async def discard(self, session: FaultSession) -> None:
+        """Close ``session`` and forget it (a fault that holds nothing while active)."""
+        await session.release()
+        self.sessions.remove(session)
+
     async def release_all(self) -> bool:
         """Release every session; True if all of them were still alive until now."""
         results = [await s.release() for s in self.sessions]

@@ -18,9 +18,10 @@ import psycopg
 from psycopg import sql
 from pydantic import BeforeValidator, Field
 
+from dbchaos.engine.model import EndReason
 from dbchaos.engine.session import SessionFactory
 from dbchaos.errors import InvalidInput
-from dbchaos.faults.base import Fault, FaultParams
+from dbchaos.faults.base import Fault, FaultParams, RevertOutcome
 
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1
@@ -152,7 +153,7 @@ class AdvisoryLock(Fault[AdvisoryLockParams]):
         session = await sessions.open()
         await session.execute(sql.SQL(_LOCK_SQL).format(fn=fn), (big, a, b))
 
-    async def revert(self, sessions: SessionFactory) -> bool:
+    async def revert(self, sessions: SessionFactory, reason: EndReason) -> RevertOutcome:
         # Unlock explicitly so the keys are free when revert returns; closing the session
         # (release_all) would free them too, a moment later.
         for s in sessions.sessions:
@@ -162,8 +163,8 @@ class AdvisoryLock(Fault[AdvisoryLockParams]):
                 except psycopg.OperationalError:
                     s.alive = False  # PostgreSQL had already ended it (and released the keys)
                 except psycopg.Error:
-                    pass  # release_all below closes the session, which releases the keys
-        return await sessions.release_all()
+                    pass  # the default revert closes the session, which releases the keys
+        return await super().revert(sessions, reason)
 
     def details(self) -> dict[str, Any]:
         return {

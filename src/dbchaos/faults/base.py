@@ -16,12 +16,17 @@ never touch global state: deadlines, abort and bookkeeping belong to the engine.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Generic, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import psycopg
 from pydantic import BaseModel, ConfigDict
 
+from dbchaos.engine.model import EndReason, State
 from dbchaos.engine.session import SessionFactory
+
+if TYPE_CHECKING:
+    from dbchaos.faults.migration.graph import RevisionGraph
 
 
 class FaultParams(BaseModel):
@@ -33,12 +38,36 @@ class FaultParams(BaseModel):
 P = TypeVar("P", bound=FaultParams)
 
 
+@dataclass(frozen=True)
+class FaultEnv:
+    """What the engine tells a fault about itself before ``prepare``."""
+
+    fault_id: str
+    instance: str
+    owner_key: int
+    duration_s: float
+    #: the application's revision graph for this target, when the operator configured it
+    graph: RevisionGraph | None = None
+
+
+@dataclass(frozen=True)
+class RevertOutcome:
+    """How a revert ended: ``reverted``, ``lost``, ``superseded`` or ``failed``."""
+
+    state: State
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
 class Fault(ABC, Generic[P]):
     """One fault of one kind, from preparation to revert."""
 
     kind: ClassVar[str]
     summary: ClassVar[str]
     params_model: ClassVar[type[FaultParams]]
+
+    #: set by the engine before ``prepare``
+    env: FaultEnv
 
     def __init__(self, params: P) -> None:
         self.params = params
@@ -50,9 +79,12 @@ class Fault(ABC, Generic[P]):
     async def inject(self, sessions: SessionFactory) -> None:
         """Acquire the fault. Raise (``LockNotAcquired`` or a driver error) if it cannot."""
 
-    async def revert(self, sessions: SessionFactory) -> bool:
-        """Release everything. Returns False if PostgreSQL had already dropped it."""
-        return await sessions.release_all()
+    async def revert(self, sessions: SessionFactory, reason: EndReason) -> RevertOutcome:
+        """Release everything; ``lost`` if PostgreSQL had already dropped it."""
+        alive = await sessions.release_all()
+        if alive:
+            return RevertOutcome(State.REVERTED)
+        return RevertOutcome(State.LOST, "the fault's session went away (PostgreSQL released what it held)")
 
     def details(self) -> dict[str, Any]:
         """Kind-specific facts for status answers (resolved names, rows locked...)."""

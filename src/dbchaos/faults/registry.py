@@ -84,8 +84,14 @@ def default_registry() -> Registry:
     from dbchaos.faults.advisory_lock import AdvisoryLock
     from dbchaos.faults.connection_exhaustion import ConnectionExhaustion
     from dbchaos.faults.idle_transaction import IdleTransaction
+    from dbchaos.faults.migration.behind import Behind
+    from dbchaos.faults.migration.future_revision import FutureRevision
+    from dbchaos.faults.migration.missing_version import MissingVersion
+    from dbchaos.faults.migration.multiple_heads import MultipleHeads
+    from dbchaos.faults.migration.unknown_revision import UnknownRevision
     from dbchaos.faults.row_lock import RowLock
     from dbchaos.faults.table_lock import TableLock
 
     kinds: list[type[Fault[Any]]] = [TableLock, RowLock, AdvisoryLock, IdleTransaction, ConnectionExhaustion]
+    kinds += [UnknownRevision, FutureRevision, MissingVersion, Behind, MultipleHeads]
     return Registry(kinds)

@@ -1,0 +1,197 @@
+"""What every migration fault shares: the version table parameters, and the journaled
+inject (prior state, change and journal entry in one transaction) and revert."""
+
+from __future__ import annotations
+
+import asyncio
+from abc import abstractmethod
+from typing import Any, Generic, TypeVar
+
+import psycopg
+from psycopg import sql
+from pydantic import Field
+
+from dbchaos.engine.model import EndReason
+from dbchaos.engine.session import SessionFactory
+from dbchaos.errors import Conflict, InvalidInput
+from dbchaos.faults.base import Fault, FaultParams, RevertOutcome
+from dbchaos.faults.identifiers import MAX_IDENTIFIER_BYTES, Relation, parse_ident, resolve_table
+from dbchaos.faults.migration import actions, journal
+from dbchaos.faults.migration.fingerprint import fingerprint
+from dbchaos.faults.migration.graph import RevisionGraph
+from dbchaos.faults.migration.restore import restore
+
+
+class VersionTableParams(FaultParams):
+    version_table: str = Field(default="alembic_version", description="Alembic's version table name")
+    version_table_schema: str = Field(default="public", description="Its schema (Alembic's version_table_schema)")
+
+
+P = TypeVar("P", bound=VersionTableParams)
+
+
+def version_table_name(params: VersionTableParams) -> tuple[str, str]:
+    """(schema, table) as given (exact names, like Alembic's settings), checked for length."""
+    for value, field in (
+        (params.version_table, "params.version_table"),
+        (params.version_table_schema, "params.version_table_schema"),
+    ):
+        if not value or len(value.encode()) > MAX_IDENTIFIER_BYTES:
+            raise InvalidInput(f"{field} must be 1 to {MAX_IDENTIFIER_BYTES} bytes", field=field)
+        if "\x00" in value:
+            raise InvalidInput(f"{field} contains a NUL byte", code="invalid_identifier", field=field)
+    return params.version_table_schema, params.version_table
+
+
+async def resolve_version_table(conn: psycopg.AsyncConnection[Any], params: VersionTableParams) -> Relation:
+    schema, table = version_table_name(params)
+    rel = await resolve_table(conn, (schema, table), "params.version_table")
+    cur = await conn.execute(
+        "SELECT 1 FROM pg_attribute WHERE attrelid = %s AND attname = 'version_num' AND NOT attisdropped", (rel.oid,)
+    )
+    if await cur.fetchone() is None:
+        raise InvalidInput(
+            f"{rel.display} has no version_num column; it is not an Alembic version table",
+            code="not_a_version_table",
+            field="params.version_table",
+        )
+    return rel
+
+
+def ident_param(value: str, field: str) -> tuple[str, ...]:
+    return parse_ident(value, field)
+
+
+class JournaledFault(Fault[P], Generic[P]):
+    """A fault that changes data or schema: journaled in the same transaction as the change,
+    reverted and verified from the journal (by this instance, or by recovery after a crash).
+
+    Subclasses implement :meth:`change`, which runs inside the inject transaction, makes the
+    change and returns the actions it took (with their before and after state).
+    """
+
+    #: schema-changing kinds take ACCESS EXCLUSIVE: retry a few times rather than queue
+    attempts: int = 1
+
+    def __init__(self, params: P) -> None:
+        super().__init__(params)
+        self.acts: list[dict[str, Any]] = []
+
+    @property
+    def graph(self) -> RevisionGraph | None:
+        return self.env.graph
+
+    @abstractmethod
+    async def change(self, conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
+        """Make the change inside the inject transaction; return the actions taken."""
+
+    def fingerprint_oids(self) -> list[int]:
+        """Existing tables whose schema the revert must prove unchanged."""
+        return []
+
+    async def inject(self, sessions: SessionFactory) -> None:
+        session = await sessions.open()
+        try:
+            await journal.ensure(session.conn)
+            for attempt in range(self.attempts):
+                try:
+                    await self._inject_once(session.conn)
+                    return
+                except psycopg.errors.LockNotAvailable:
+                    if attempt + 1 >= self.attempts:
+                        raise
+                    await asyncio.sleep(min(0.1 * 2**attempt, 1.0))
+        finally:
+            await sessions.discard(session)  # a journaled fault holds no session while active
+
+    async def _inject_once(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        objects = self.objects()
+        async with conn.transaction():
+            await journal.lock_objects(conn, objects)
+            clash = await journal.active_on(conn, objects)
+            if clash:
+                fid, kind, objs = clash[0]
+                raise Conflict(
+                    f"{', '.join(sorted(set(objs) & set(objects)))} is already under fault {fid} ({kind}); "
+                    "end it first",
+                    code="object_under_fault",
+                )
+            before = await fingerprint(conn, self.fingerprint_oids())
+            acts = await self.change(conn)
+            await journal.insert(
+                conn,
+                fault_id=self.env.fault_id,
+                kind=self.kind,
+                owner=self.env.instance,
+                key=self.env.owner_key,
+                objects=objects,
+                actions=acts,
+                fingerprint=before,
+                deadline_epoch=None,
+            )
+        self.acts = acts
+
+    async def revert(self, sessions: SessionFactory, reason: EndReason) -> RevertOutcome:
+        await sessions.release_all()
+        session = await sessions.open()
+        try:
+            return await restore(session.conn, self.env.fault_id, reason.value)
+        finally:
+            await sessions.discard(session)
+
+    async def apply_all(self, conn: psycopg.AsyncConnection[Any], acts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for a in acts:
+            await actions.apply(conn, a)
+        return acts
+
+    def details(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for a in self.acts:
+            if a["type"] == "version_rows":
+                out["original_version"] = a["before"]
+                out["corrupted_version"] = a["after"]
+            elif a["type"] in ("rename_table", "rename_column"):
+                out["hidden_as"] = a["hidden"]
+        return out
+
+
+class VersionRowsFault(JournaledFault[P], Generic[P]):
+    """Kinds that only rewrite the rows of the version table."""
+
+    def __init__(self, params: P) -> None:
+        super().__init__(params)
+        self.table: Relation | None = None
+        self.current: list[str] = []
+
+    async def prepare(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.table = await resolve_version_table(conn, self.params)
+        self.current = await actions.version_rows(conn, self.table.schema, self.table.name) or []
+        self.new_rows(self.current)  # validate against today's state (422 before anything changes)
+
+    @abstractmethod
+    def new_rows(self, current: list[str]) -> list[str]:
+        """The rows the fault stores, given the rows stored now."""
+
+    def objects(self) -> list[str]:
+        assert self.table is not None
+        return [f"version_table:{self.table.display}"]
+
+    def fingerprint_oids(self) -> list[int]:
+        return [self.table.oid] if self.table else []
+
+    async def change(self, conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
+        assert self.table is not None
+        t = self.table
+        await conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(t.ident))
+        before = await actions.version_rows(conn, t.schema, t.name) or []
+        act = {
+            "type": "version_rows",
+            "schema": t.schema,
+            "table": t.name,
+            "before": before,
+            "after": self.new_rows(before),
+        }
+        return await self.apply_all(conn, [act])
+
+    def describe_params(self) -> dict[str, Any]:
+        return self.params.model_dump(mode="json")

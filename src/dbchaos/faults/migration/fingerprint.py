@@ -1,0 +1,51 @@
+"""Schema fingerprints: what a table looks like (columns with types, nullability and
+defaults; indexes with definitions and validity; constraints), to prove a revert."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import psycopg
+
+_SQL = """
+SELECT c.oid::bigint, jsonb_build_object(
+  'table', n.nspname || '.' || c.relname,
+  'columns', (SELECT coalesce(jsonb_agg(jsonb_build_array(a.attname, format_type(a.atttypid, a.atttypmod),
+                                                          a.attnotnull, pg_get_expr(d.adbin, d.adrelid))
+                                        ORDER BY a.attnum), '[]'::jsonb)
+              FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+  'indexes', (SELECT coalesce(jsonb_agg(jsonb_build_array(ic.relname, pg_get_indexdef(i.indexrelid), i.indisvalid)
+                                        ORDER BY ic.relname), '[]'::jsonb)
+              FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid WHERE i.indrelid = c.oid),
+  'constraints', (SELECT coalesce(jsonb_agg(jsonb_build_array(k.conname, pg_get_constraintdef(k.oid))
+                                            ORDER BY k.conname), '[]'::jsonb)
+                  FROM pg_constraint k WHERE k.conrelid = c.oid))
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = ANY(%s)
+"""
+
+
+async def fingerprint(conn: psycopg.AsyncConnection[Any], oids: Iterable[int]) -> dict[str, Any]:
+    """Fingerprints of the tables ``oids`` (keyed by oid as text; absent tables are left out)."""
+    ids = sorted(set(oids))
+    if not ids:
+        return {}
+    cur = await conn.execute(_SQL, (ids,))
+    return {str(row[0]): row[1] for row in await cur.fetchall()}
+
+
+def differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two fingerprints (empty when equal)."""
+    diffs: list[str] = []
+    for oid, fp in before.items():
+        now = after.get(oid)
+        name = fp.get("table", oid)
+        if now is None:
+            diffs.append(f"table {name} (oid {oid}) is gone")
+            continue
+        for part in ("table", "columns", "indexes", "constraints"):
+            if fp.get(part) != now.get(part):
+                diffs.append(f"{name}: {part} differ: recorded {fp.get(part)!r}, found {now.get(part)!r}")
+    return diffs
