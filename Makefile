@@ -30,5 +30,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
+## Benchmarks (by hand, not CI): figures next to plain psycopg comparators; see docs/benchmarks.md.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run_all
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

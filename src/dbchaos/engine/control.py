@@ -46,6 +46,8 @@ class ControlChannel:
         self._snapshot_pids: frozenset[int] = frozenset()
         self._snapshot_lock = asyncio.Lock()
         self.server_version_num = 0
+        self._check: TargetCheck | None = None
+        self._check_at = 0.0
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -73,8 +75,14 @@ class ControlChannel:
                         raise TargetUnreachable(self.target.unreachable_message(exc)) from exc
             raise AssertionError("unreachable")
 
-    async def check(self) -> TargetCheck:
-        """Version, recovery and read-only checks on the live control connection."""
+    async def check(self, *, max_age_s: float = 0.0) -> TargetCheck:
+        """Version, recovery and read-only checks on the live control connection (a result
+        up to ``max_age_s`` old is reused while the connection stays the same)."""
+        conn = self._conn
+        fresh = self._check is not None and time.monotonic() - self._check_at <= max_age_s
+        if fresh and conn is not None and not conn.closed and not conn.broken:
+            assert self._check is not None
+            return self._check
 
         async def q(conn: psycopg.AsyncConnection[Any]) -> Any:
             return await (await conn.execute(_CHECK_SQL)).fetchone()

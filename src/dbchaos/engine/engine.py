@@ -42,6 +42,8 @@ MAX_LABELS = 20
 HISTORY_LIMIT = 10_000
 MONITOR_INTERVAL_S = 1.0
 RECOVERY_INTERVAL_S = 30.0
+#: how long a target's version / read-only / recovery check is trusted
+CHECK_TTL_S = 5.0
 RECOVERY_RETRY_S = 2.0
 
 
@@ -209,12 +211,24 @@ class Engine:
         target = self.target(req.target)
         self._check_cap(target.name)
         channel = self.channel(target)
-        check = await channel.check()
+        check = await channel.check(max_age_s=CHECK_TTL_S)
         check.raise_if_unusable()
         fault_id = str(uuid.uuid4())
         fault.env = FaultEnv(fault_id, self.instance, self.owner_key, duration, self.graphs.get(target.name))
-        await channel.run(fault.prepare)
-        self._check_cap(target.name)
+        sessions = SessionFactory(
+            target,
+            fault_id,
+            Bounds(acquire, duration, self.settings.server_side_grace_s),
+            channel.server_version_num,
+            connect_timeout_s=self.settings.connect_timeout_s,
+        )
+        sessions.connect_early()  # the connection opens while the catalog look-ups run
+        try:
+            await channel.run(fault.prepare)
+            self._check_cap(target.name)
+        except BaseException:
+            await sessions.release_all()
+            raise
         record = FaultRecord(
             id=fault_id,
             kind=fault.kind,
@@ -224,13 +238,6 @@ class Engine:
             acquire_timeout_s=acquire,
             labels=labels,
             created_at=time.time(),
-        )
-        sessions = SessionFactory(
-            target,
-            fault_id,
-            Bounds(acquire, duration, self.settings.server_side_grace_s),
-            channel.server_version_num,
-            connect_timeout_s=self.settings.connect_timeout_s,
         )
         m = _Managed(record, fault, sessions, channel)
         self._faults[fault_id] = m

@@ -17,6 +17,7 @@ if dbchaos is killed, frozen or cut off (DESIGN §2, "Crash safety"):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 from dataclasses import dataclass, field
@@ -108,6 +109,7 @@ class SessionFactory:
     server_version_num: int
     connect_timeout_s: float = 3.0
     sessions: list[FaultSession] = field(default_factory=list)
+    _early: asyncio.Task[FaultSession | None] | None = field(default=None, repr=False)
 
     @property
     def application_name(self) -> str:
@@ -117,7 +119,30 @@ class SessionFactory:
     def pids(self) -> list[int]:
         return [s.pid for s in self.sessions]
 
+    def connect_early(self) -> None:
+        """Start opening the first session now (while the engine still checks the request),
+        so that inject does not wait for the connection. Failures surface in :meth:`open`."""
+        if self._early is None:
+            self._early = asyncio.create_task(self._try_connect())
+
+    async def _try_connect(self) -> FaultSession | None:
+        try:
+            return await self._connect()
+        except (TargetUnreachable, psycopg.Error):
+            return None
+
     async def open(self) -> FaultSession:
+        """A new bounded session (the early one, if it is ready or on its way)."""
+        session: FaultSession | None = None
+        if self._early is not None:
+            early, self._early = self._early, None
+            session = await early
+        if session is None:
+            session = await self._connect()
+        self.sessions.append(session)
+        return session
+
+    async def _connect(self) -> FaultSession:
         kwargs = self.target.connect_kwargs(self.application_name, connect_timeout_s=self.connect_timeout_s)
         options = self.bounds.startup_options(self.server_version_num)
         existing = parse_dsn(self.target.dsn).get("options")
@@ -126,9 +151,7 @@ class SessionFactory:
             conn = await psycopg.AsyncConnection.connect(self.target.dsn, **kwargs)
         except psycopg.OperationalError as exc:
             raise TargetUnreachable(self.target.unreachable_message(exc)) from exc
-        session = FaultSession(conn, conn.info.backend_pid)
-        self.sessions.append(session)
-        return session
+        return FaultSession(conn, conn.info.backend_pid)
 
     async def discard(self, session: FaultSession) -> None:
         """Close ``session`` and forget it (a fault that holds nothing while active)."""
@@ -136,6 +159,12 @@ class SessionFactory:
         self.sessions.remove(session)
 
     async def release_all(self) -> bool:
-        """Release every session; True if all of them were still alive until now."""
+        """Release every session (and an early one never used); True if all of them were
+        still alive until now."""
+        if self._early is not None:
+            early, self._early = self._early, None
+            spare = await early
+            if spare is not None:
+                await spare.release()
         results = [await s.release() for s in self.sessions]
         return all(results)

@@ -249,30 +249,33 @@ class RowLock(Fault[RowLockParams]):
         return ["tableoid", "ctid"] if self.relation.kind == "p" else ["ctid"]
 
     def lock_statement(self) -> sql.Composed:
-        """``SELECT <keys> ... ORDER BY <keys> LIMIT n FOR <strength>``, answering one row:
-        how many rows it locked and the first few keys (the rows never travel)."""
+        """``SELECT count(*) FROM (SELECT <keys> ... ORDER BY <keys> LIMIT n FOR <strength>)``:
+        locks the rows and answers one number (the rows never travel, nothing is materialised)."""
         assert self.relation is not None
         strength = self.params.strength
         if strength not in ROW_STRENGTHS:  # the strength is SQL text, so it must come from the closed set
             raise ValueError(f"not a row-lock strength: {strength!r}")
         keys = self._keys()
-        aliases = [sql.Identifier(f"k{i}") for i in range(len(keys))]
-        order = sql.SQL(", ").join(keys)
         return sql.SQL(
-            "WITH locked AS MATERIALIZED ("
-            "SELECT {select} FROM {table} {where} ORDER BY {order} LIMIT {limit} {strength}) "
-            "SELECT (SELECT count(*) FROM locked), "
-            "(SELECT coalesce(json_agg(json_build_array({aliases}) ORDER BY {aliases}), '[]'::json) "
-            "FROM (SELECT * FROM locked ORDER BY {aliases} LIMIT {sample}) AS s)"
+            "SELECT count(*) FROM (SELECT {keys} FROM {table} {where} ORDER BY {keys} LIMIT {limit} {strength})"
+            " AS locked"
         ).format(
-            select=sql.SQL(", ").join(sql.SQL("{} AS {}").format(k, a) for k, a in zip(keys, aliases, strict=True)),
+            keys=sql.SQL(", ").join(keys),
             table=self.relation.ident,
             where=self._where_sql(),
-            order=order,
             limit=sql.Placeholder(),
             strength=sql.SQL(strength),
-            aliases=sql.SQL(", ").join(aliases),
-            sample=sql.Literal(SAMPLE_KEYS),
+        )
+
+    def sample_statement(self) -> sql.Composed:
+        """The first few keys in lock order (a plain read; run after the rows are locked)."""
+        assert self.relation is not None
+        keys = self._keys()
+        return sql.SQL("SELECT {keys} FROM {table} {where} ORDER BY {keys} LIMIT {sample}").format(
+            keys=sql.SQL(", ").join(keys),
+            table=self.relation.ident,
+            where=self._where_sql(),
+            sample=sql.Literal(min(SAMPLE_KEYS, self.params.limit)),
         )
 
     # ---- inject --------------------------------------------------------------------
@@ -281,10 +284,13 @@ class RowLock(Fault[RowLockParams]):
         await self.lock_rows(session)
 
     async def lock_rows(self, session: FaultSession) -> None:
-        # Bound parameters need the extended protocol (one statement per string), so BEGIN
-        # goes first on its own; it returns at once, and the SELECT follows immediately.
-        await session.execute("BEGIN")
-        cur = await session.execute(self.lock_statement(), [*self._where_params(), self.params.limit])
+        # Bound parameters need the extended protocol (one statement per string): BEGIN, the
+        # lock and the sample go out together in one pipeline (one round trip).
+        params = self._where_params()
+        async with session.conn.pipeline():
+            await session.execute("BEGIN")
+            cur = await session.execute(self.lock_statement(), [*params, self.params.limit])
+            sample_cur = await session.conn.execute(self.sample_statement(), params)
         row = await cur.fetchone()
         count = int(row[0]) if row else 0
         if count == 0:
@@ -294,8 +300,8 @@ class RowLock(Fault[RowLockParams]):
                 code="no_rows",
             )
         self.locked_rows = count
-        sample = list(row[1]) if row and row[1] else []
-        self.first_keys = [k[0] if len(k) == 1 else list(k) for k in sample]
+        sample = await sample_cur.fetchall()
+        self.first_keys = [_plain(k[0]) if len(k) == 1 else [_plain(v) for v in k] for k in sample]
 
     # ---- answers -------------------------------------------------------------------
     def details(self) -> dict[str, Any]:
@@ -330,3 +336,8 @@ def _unexpected(exc: psycopg.Error, conn: psycopg.AsyncConnection[Any], what: st
 def _first_line(exc: psycopg.Error) -> str:
     text = exc.diag.message_primary if exc.sqlstate else None
     return (text or str(exc) or type(exc).__name__).strip().splitlines()[0]
+
+
+def _plain(value: Any) -> Any:
+    """A key value as JSON shows it (ctid and other exotic types as text)."""
+    return value if isinstance(value, int | float | str | bool) or value is None else str(value)
