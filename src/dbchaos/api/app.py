@@ -11,7 +11,7 @@ import dbchaos
 from dbchaos.api.context import AppContext
 from dbchaos.api.errors import install_error_handlers
 from dbchaos.api.guard import HostOriginGuard, allowed_hosts_for
-from dbchaos.api.routes import compat_locks, faults, health
+from dbchaos.api.routes import compat_locks, compat_migrations, faults, health, migrations
 from dbchaos.engine.engine import Engine
 from dbchaos.faults.migration.graph import RevisionGraph
 from dbchaos.faults.registry import Registry, default_registry
@@ -55,6 +55,8 @@ def create_app(
     app.include_router(health.router)
     app.include_router(faults.router)
     app.include_router(compat_locks.router)
+    app.include_router(compat_migrations.router)
+    app.include_router(migrations.router)
     hosts = allowed_hosts_for(settings.host, settings.port) | frozenset(extra_allowed_hosts)
     app.add_middleware(HostOriginGuard, allowed_hosts=hosts)
     return app

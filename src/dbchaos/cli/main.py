@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dbchaos.cli import inject, kinds, recover, remote, serve
+from dbchaos.cli import inject, kinds, migrations, recover, remote, serve
 
 app = typer.Typer(
     name="dbchaos",
@@ -20,6 +20,7 @@ app.command("status")(remote.status)
 app.command("abort")(remote.abort)
 app.command("reset")(remote.reset)
 app.command("recover")(recover.recover)
+app.add_typer(migrations.app, name="migrations")
 
 
 @app.callback()

@@ -43,8 +43,8 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the dbchaos HTTP API (docs at /docs)."""
-    err = Console(stderr=True)
-    out = Console()
+    err = Console(stderr=True, soft_wrap=True)
+    out = Console(soft_wrap=True, highlight=False)
     try:
         settings = Settings.from_env().with_overrides(host=host, port=port, target_dsn=target, alembic_ini=alembic_ini)
         settings.validate()

@@ -85,7 +85,12 @@ def default_registry() -> Registry:
     from dbchaos.faults.connection_exhaustion import ConnectionExhaustion
     from dbchaos.faults.idle_transaction import IdleTransaction
     from dbchaos.faults.migration.behind import Behind
+    from dbchaos.faults.migration.conflicting_object import ConflictingObject
     from dbchaos.faults.migration.future_revision import FutureRevision
+    from dbchaos.faults.migration.hidden_object import HiddenObject
+    from dbchaos.faults.migration.lock_queue import MigrationLockQueue
+    from dbchaos.faults.migration.locked_version_table import LockedVersionTable
+    from dbchaos.faults.migration.missing_table import MissingTable
     from dbchaos.faults.migration.missing_version import MissingVersion
     from dbchaos.faults.migration.multiple_heads import MultipleHeads
     from dbchaos.faults.migration.unknown_revision import UnknownRevision
@@ -94,4 +99,6 @@ def default_registry() -> Registry:
 
     kinds: list[type[Fault[Any]]] = [TableLock, RowLock, AdvisoryLock, IdleTransaction, ConnectionExhaustion]
     kinds += [UnknownRevision, FutureRevision, MissingVersion, Behind, MultipleHeads]
+    kinds += [LockedVersionTable, MigrationLockQueue]
+    kinds += [MissingTable, HiddenObject, ConflictingObject]
     return Registry(kinds)

@@ -5,8 +5,11 @@ An action is a plain dict (it lives in the journal as JSON) with a ``type``:
 * ``version_rows`` — ``schema``, ``table``, ``before`` and ``after`` (lists of revision ids);
 * ``rename_table`` — ``schema``, ``table`` (original name), ``hidden`` (dbchaos's name), ``oid``;
 * ``rename_column`` — ``schema``, ``table``, ``oid`` (of the table), ``column``, ``hidden``;
+* ``rename_index`` — ``schema``, ``index`` (original name), ``hidden``, ``oid`` (of the index;
+  a constraint backed by the index is renamed with it);
 * ``create_table`` — ``schema``, ``table``, ``oid``;
-* ``create_column`` — ``schema``, ``table``, ``oid``, ``column``;
+* ``create_column`` — ``schema``, ``table``, ``oid``, ``column`` (and optionally its ``attnum``,
+  so a column dropped and re-created by someone else counts as their change);
 * ``create_index`` — ``schema``, ``index``, ``oid``.
 
 For each: :func:`apply` makes the change (version rows and renames; a kind creates objects
@@ -63,6 +66,15 @@ async def _has_column(conn: psycopg.AsyncConnection[Any], oid: int, column: str)
     return await cur.fetchone() is not None
 
 
+async def _attnum(conn: psycopg.AsyncConnection[Any], oid: int, column: str) -> int | None:
+    cur = await conn.execute(
+        "SELECT attnum FROM pg_attribute WHERE attrelid = %s AND attname = %s AND attnum > 0 AND NOT attisdropped",
+        (oid, column),
+    )
+    row = await cur.fetchone()
+    return int(row[0]) if row else None
+
+
 async def _write_rows(conn: psycopg.AsyncConnection[Any], schema: str, table: str, rows: list[str]) -> None:
     ident = sql.Identifier(schema, table)
     await conn.execute(sql.SQL("DELETE FROM {}").format(ident))
@@ -84,6 +96,12 @@ async def apply(conn: psycopg.AsyncConnection[Any], a: Action) -> None:
         await conn.execute(
             sql.SQL("ALTER TABLE {} RENAME COLUMN {} TO {}").format(
                 sql.Identifier(a["schema"], a["table"]), sql.Identifier(a["column"]), sql.Identifier(a["hidden"])
+            )
+        )
+    elif t == "rename_index":
+        await conn.execute(
+            sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                sql.Identifier(a["schema"], a["index"]), sql.Identifier(a["hidden"])
             )
         )
     else:  # created objects are made by their kind's own statement, then recorded
@@ -113,13 +131,22 @@ async def drift(conn: psycopg.AsyncConnection[Any], a: Action) -> str | None:
         if not await _has_column(conn, a["oid"], a["hidden"]):
             return f"the hidden column {a['hidden']} on {a['schema']}.{a['table']} was renamed or dropped"
         return None
+    if t == "rename_index":
+        if await _relation_oid(conn, a["schema"], a["index"]) is not None:
+            return f"a relation {a['schema']}.{a['index']} exists again (created while the index was hidden)"
+        if await _relation_name(conn, a["oid"]) != (a["schema"], a["hidden"]):
+            return f"the hidden index {a['schema']}.{a['hidden']} was renamed or dropped"
+        return None
     if t in ("create_table", "create_index"):
         if await _relation_name(conn, a["oid"]) is None:
             return f"{a.get('table') or a.get('index')} created by dbchaos was dropped by someone else"
         return None
     if t == "create_column":
-        if not await _has_column(conn, a["oid"], a["column"]):
+        attnum = await _attnum(conn, a["oid"], a["column"])
+        if attnum is None:
             return f"column {a['column']} created by dbchaos was dropped by someone else"
+        if a.get("attnum") is not None and attnum != a["attnum"]:
+            return f"column {a['column']} created by dbchaos was dropped and re-created by someone else"
         return None
     raise ValueError(f"unknown action type {t!r}")
 
@@ -138,6 +165,12 @@ async def undo(conn: psycopg.AsyncConnection[Any], a: Action) -> None:
         await conn.execute(
             sql.SQL("ALTER TABLE {} RENAME COLUMN {} TO {}").format(
                 sql.Identifier(a["schema"], a["table"]), sql.Identifier(a["hidden"]), sql.Identifier(a["column"])
+            )
+        )
+    elif t == "rename_index":
+        await conn.execute(
+            sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                sql.Identifier(a["schema"], a["hidden"]), sql.Identifier(a["index"])
             )
         )
     elif t == "create_table":
@@ -174,6 +207,10 @@ async def verify(conn: psycopg.AsyncConnection[Any], a: Action) -> list[str]:
             if await _has_column(conn, a["oid"], a["column"])
             else [f"column {a['column']} is not back on {a['schema']}.{a['table']}"]
         )
+    if t == "rename_index":
+        if await _relation_name(conn, a["oid"]) != (a["schema"], a["index"]):
+            return [f"index oid {a['oid']} is not named {a['schema']}.{a['index']} again"]
+        return []
     if t in ("create_table", "create_index"):
         return [] if await _relation_name(conn, a["oid"]) is None else [f"object oid {a['oid']} still exists"]
     if t == "create_column":

@@ -17,7 +17,9 @@ NEEDS_SCRIPTS = (
 
 
 class BehindParams(VersionTableParams):
-    revision: str | None = Field(default=None, max_length=32, description="The older revision to store")
+    revision: str | None = Field(
+        default=None, min_length=1, max_length=32, description="The older revision to store (default: steps back)"
+    )
     steps: int = Field(default=1, ge=1, le=10_000, strict=True, description="How many revisions back (default 1)")
     parent: int = Field(
         default=0, ge=0, le=16, strict=True, description="At a merge, which parent to follow (0 = first)"
@@ -35,6 +37,26 @@ def single_current(current: list[str], graph: RevisionGraph) -> str:
             f"the stored revision {current[0]!r} is not in the application's scripts", code="version_table_state"
         )
     return current[0]
+
+
+def check_older(revision: str, current: list[str], graph: RevisionGraph | None) -> str:
+    """An explicit revision must change something and, where the scripts know the stored
+    revisions, be older than one of them (else the fault is not "behind")."""
+    if [revision] == current:
+        raise InvalidInput(
+            f"revision {revision!r} is the one stored now: nothing would change",
+            code="already_stored",
+            field="params.revision",
+        )
+    known = [r for r in current if graph is not None and r in graph]
+    if graph is not None and known and not any(revision in graph.ancestors(r) for r in known):
+        raise InvalidInput(
+            f"revision {revision!r} is not older than the stored {', '.join(known)}; "
+            "behind stores an ancestor of the current revision",
+            code="not_an_ancestor",
+            field="params.revision",
+        )
+    return revision
 
 
 class Behind(VersionRowsFault[BehindParams]):
@@ -58,7 +80,7 @@ class Behind(VersionRowsFault[BehindParams]):
                     code="unknown_revision",
                     field="params.revision",
                 )
-            return [self.params.revision]
+            return [check_older(self.params.revision, current, graph)]
         if graph is None:
             raise InvalidInput(f"behind {NEEDS_SCRIPTS}", code="scripts_not_configured", field="params.revision")
         target, self.path = graph.step_back(single_current(current, graph), self.params.steps, self.params.parent)

@@ -15,7 +15,10 @@ from dbchaos.faults.migration.behind import NEEDS_SCRIPTS, single_current
 class MultipleHeadsParams(VersionTableParams):
     variant: Literal["overlap", "branches"] = "overlap"
     revision: str | None = Field(
-        default=None, max_length=32, description="overlap: the ancestor to add (default: the head's parent)"
+        default=None,
+        min_length=1,
+        max_length=32,
+        description="overlap only: the ancestor to add (default: the head's first parent)",
     )
 
 
@@ -50,6 +53,11 @@ class MultipleHeads(VersionRowsFault[MultipleHeadsParams]):
             if not parents:
                 raise Conflict(f"{head} is the base revision: it has no ancestor to add", code="version_table_state")
             return [*current, parents[0]]
+        if self.params.revision is not None:
+            raise InvalidInput(
+                "revision applies to variant 'overlap' only; 'branches' takes the two parents of the nearest merge",
+                field="params.revision",
+            )
         if graph is None:
             raise InvalidInput(
                 f"multiple-heads with variant 'branches' {NEEDS_SCRIPTS.split(', or name')[0]}",
