@@ -46,6 +46,17 @@ def dbchaos_sessions(dsn: str, *, include_control: bool = False) -> list[tuple[A
     return [r for r in rows if len(str(r[1])) == len("dbchaos:") + 36]
 
 
+def no_dbchaos_sessions(dsn: str, timeout: float = 3.0) -> bool:
+    """True once no fault session is connected to this database (a closed connection's
+    backend may take a moment to exit, so this polls)."""
+    deadline = time.monotonic() + timeout
+    while dbchaos_sessions(dsn):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def relation_locks(dsn: str, table: str) -> list[tuple[Any, ...]]:
     """(pid, mode, granted, application_name) of locks on ``table`` held or awaited by dbchaos sessions."""
     return query(

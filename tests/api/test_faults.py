@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from dbchaos.api.app import create_app
 from dbchaos.settings import Settings
 from dbchaos.targets import Target
-from tests.helpers import dbchaos_sessions, query, relation_locks, wait_for
+from tests.helpers import no_dbchaos_sessions, query, relation_locks, wait_for
 
 BASE = "http://127.0.0.1:8080"
 
@@ -96,7 +96,7 @@ def test_conflict_answers_409_with_the_failed_fault(client: TestClient, db: str)
     assert body["code"] == "lock_not_acquired"
     assert "long-report" in body["detail"]
     assert body["fault"]["state"] == "failed"
-    assert dbchaos_sessions(db) == []
+    assert no_dbchaos_sessions(db)
 
 
 def test_reset_and_kinds(client: TestClient, db: str) -> None:
@@ -104,7 +104,7 @@ def test_reset_and_kinds(client: TestClient, db: str) -> None:
     _lock(client, params={"tables": ["users"]})
     reverted = client.post("/v1/reset").json()["reverted"]
     assert len(reverted) == 2 and {f["end_reason"] for f in reverted} == {"reset"}
-    assert dbchaos_sessions(db) == []
+    assert no_dbchaos_sessions(db)
     kinds = {k["kind"]: k for k in client.get("/v1/kinds").json()["kinds"]}
     assert "table-lock" in kinds
     assert "tables" in kinds["table-lock"]["params_schema"]["properties"]
@@ -137,7 +137,7 @@ def test_bad_input_is_422_with_field_and_changes_nothing(
     err = resp.json()
     assert err["field"] == field and err["code"] == code
     assert client.get("/v1/faults").json()["faults"] == []
-    assert dbchaos_sessions(db) == []
+    assert no_dbchaos_sessions(db)
 
 
 def test_a_body_that_is_not_json_is_422(client: TestClient) -> None:

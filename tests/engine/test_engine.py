@@ -14,7 +14,7 @@ from dbchaos.errors import CapacityReached, LockNotAcquired, TargetUnreachable
 from dbchaos.faults.registry import default_registry
 from dbchaos.settings import Settings
 from dbchaos.targets import Target
-from tests.helpers import dbchaos_sessions, relation_locks, wait_for
+from tests.helpers import no_dbchaos_sessions, relation_locks, wait_for
 
 
 def make_engine(dsn: str, **settings: float) -> Engine:
@@ -36,7 +36,7 @@ def test_a_lock_held_by_someone_else_fails_the_fault_and_names_the_holder(db: st
             (rec,) = engine.all()
             assert rec.state is State.FAILED and rec.end_reason is EndReason.ERROR
             assert rec.blockers and rec.blockers[0]["application_name"] == "nightly-report"
-            assert dbchaos_sessions(db) == []
+            assert no_dbchaos_sessions(db)
         finally:
             await engine.close()
 
@@ -115,7 +115,7 @@ def test_reset_ends_every_fault(db: str) -> None:
             assert time.monotonic() - started < 2.0
             assert {r.id for r in ended} == {r.id for r in recs}
             assert all(r.state is State.REVERTED and r.end_reason is EndReason.RESET for r in recs)
-            assert dbchaos_sessions(db) == []
+            assert no_dbchaos_sessions(db)
         finally:
             await engine.close()
 

@@ -93,6 +93,7 @@ def test_kill_9_after_inject_then_a_restarted_server_restores_within_10s(
         wait_for(lambda: restored(alembic_db, baseline), 10.0, 0.1, what="the restarted server to restore")
         assert time.monotonic() - started < 10.0
         rec = wait_for(lambda: _get(client, fault_id), 5.0, 0.1, what="the recovered fault to be listed")
+        assert rec is not None
         assert rec["state"] == "reverted" and rec["end_reason"] == "recovered"
         assert rec["details"]["verified"] is True
     outcome = query(alembic_db, "SELECT state, end_reason FROM dbchaos.journal WHERE fault_id = %s", (fault_id,))
@@ -101,7 +102,7 @@ def test_kill_9_after_inject_then_a_restarted_server_restores_within_10s(
 
 def _get(client: Any, fault_id: str) -> dict[str, Any] | None:
     resp = client.get(f"/v1/faults/{fault_id}")
-    return resp.json() if resp.status_code == 200 else None  # type: ignore[no-any-return]
+    return resp.json() if resp.status_code == 200 else None
 
 
 def test_dbchaos_recover_from_another_process(alembic_db: str, tmp_path: Path) -> None:

@@ -133,7 +133,7 @@ def test_bad_input_is_refused_with_its_field_and_leaves_nothing(
     db: str, params: dict[str, object], field: str, code: str
 ) -> None:
     from dbchaos.errors import DbChaosError
-    from tests.helpers import dbchaos_lock_count, dbchaos_sessions
+    from tests.helpers import dbchaos_lock_count, no_dbchaos_sessions
 
     async def scenario() -> DbChaosError:
         async with engine_for(db) as engine:
@@ -145,7 +145,7 @@ def test_bad_input_is_refused_with_its_field_and_leaves_nothing(
     err = asyncio.run(scenario())
     assert err.field == field
     assert err.code == code
-    assert dbchaos_sessions(db) == []
+    assert no_dbchaos_sessions(db)
     assert dbchaos_lock_count(db) == 0
 
 

@@ -343,6 +343,8 @@ class Engine:
                     for pid in pids:
                         s = snap.sessions.get(pid)
                         for b in s.blocked_by if s else ():
+                            if b in pids:  # a fault's own sessions (e.g. a lock queue) are not "in the way"
+                                continue
                             bs = snap.sessions.get(b)
                             found.append(
                                 {

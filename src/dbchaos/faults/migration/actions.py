@@ -4,6 +4,7 @@ An action is a plain dict (it lives in the journal as JSON) with a ``type``:
 
 * ``version_rows`` — ``schema``, ``table``, ``before`` and ``after`` (lists of revision ids);
 * ``rename_table`` — ``schema``, ``table`` (original name), ``hidden`` (dbchaos's name), ``oid``;
+  for a version table also ``version_table: true`` and its ``rows`` (verified after the undo);
 * ``rename_column`` — ``schema``, ``table``, ``oid`` (of the table), ``column``, ``hidden``;
 * ``rename_index`` — ``schema``, ``index`` (original name), ``hidden``, ``oid`` (of the index;
   a constraint backed by the index is renamed with it);
@@ -200,6 +201,10 @@ async def verify(conn: psycopg.AsyncConnection[Any], a: Action) -> list[str]:
     if t == "rename_table":
         if await _relation_name(conn, a["oid"]) != (a["schema"], a["table"]):
             return [f"table oid {a['oid']} is not named {a['schema']}.{a['table']} again"]
+        if a.get("rows") is not None:  # a version table's revisions, recorded when it was hidden
+            rows = await version_rows(conn, a["schema"], a["table"])
+            if Counter(rows or []) != Counter(a["rows"]):
+                return [f"{a['schema']}.{a['table']} holds {rows}, recorded {sorted(a['rows'])}"]
         return []
     if t == "rename_column":
         return (

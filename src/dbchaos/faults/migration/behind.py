@@ -41,7 +41,7 @@ def single_current(current: list[str], graph: RevisionGraph) -> str:
 
 def check_older(revision: str, current: list[str], graph: RevisionGraph | None) -> str:
     """An explicit revision must change something and, where the scripts know the stored
-    revisions, be older than one of them (else the fault is not "behind")."""
+    revisions, be older than one of them (else the state is not "behind" nor an overlap)."""
     if [revision] == current:
         raise InvalidInput(
             f"revision {revision!r} is the one stored now: nothing would change",
@@ -52,7 +52,7 @@ def check_older(revision: str, current: list[str], graph: RevisionGraph | None) 
     if graph is not None and known and not any(revision in graph.ancestors(r) for r in known):
         raise InvalidInput(
             f"revision {revision!r} is not older than the stored {', '.join(known)}; "
-            "behind stores an ancestor of the current revision",
+            "it must be an ancestor of the stored revision",
             code="not_an_ancestor",
             field="params.revision",
         )

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from dbchaos.errors import Conflict, InvalidInput
 from dbchaos.faults.migration.base import VersionRowsFault, VersionTableParams
-from dbchaos.faults.migration.behind import NEEDS_SCRIPTS, single_current
+from dbchaos.faults.migration.behind import NEEDS_SCRIPTS, check_older, single_current
 
 
 class MultipleHeadsParams(VersionTableParams):
@@ -43,7 +43,7 @@ class MultipleHeads(VersionRowsFault[MultipleHeadsParams]):
                     )
                 if self.params.revision in current:
                     raise InvalidInput("that revision is already stored", field="params.revision")
-                return [*current, self.params.revision]
+                return [*current, check_older(self.params.revision, current, graph)]
             if graph is None:
                 raise InvalidInput(
                     f"multiple-heads {NEEDS_SCRIPTS}", code="scripts_not_configured", field="params.revision"

@@ -80,7 +80,7 @@ def _already(state: str) -> RevertOutcome:
 
 async def _restored_rows(conn: psycopg.AsyncConnection[Any], acts: list[dict[str, Any]]) -> list[str] | None:
     for a in acts:
-        if a["type"] == "version_rows":
+        if a["type"] == "version_rows" or (a["type"] == "rename_table" and a.get("version_table")):
             return await actions.version_rows(conn, a["schema"], a["table"])
     return None
 
