@@ -478,7 +478,13 @@ class Engine:
         """Revert the journal entries on a target whose owner is gone; returns them as
         finished faults (end reason ``recovered``)."""
         target = self.target(target_name)
-        found = await recover(target, self.instance, self.owner_key, connect_timeout_s=self.settings.connect_timeout_s)
+        found = await recover(
+            target,
+            self.instance,
+            self.owner_key,
+            connect_timeout_s=self.settings.connect_timeout_s,
+            own_in_progress=lambda fid: fid in self._faults and not self._faults[fid].record.state.finished,
+        )
         out: list[FaultRecord] = []
         now = time.time()
         for r in found:
@@ -497,7 +503,11 @@ class Engine:
                 error=r.outcome.error,
                 details=dict(r.outcome.details),
             )
-            if r.entry.fault_id not in self._faults:
+            if r.entry.fault_id in self._faults:  # one of ours whose revert had given up
+                mine = self._faults[r.entry.fault_id].record
+                mine.state, mine.error = r.outcome.state, r.outcome.error
+                mine.details.update(r.outcome.details)
+            else:
                 self._faults[rec.id] = _Managed(
                     rec, _NoFault(), SessionFactory(target, rec.id, Bounds(0, 0, 0), 0), self.channel(target)
                 )

@@ -10,6 +10,7 @@ instance's faults are never touched.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,14 +28,26 @@ class Recovered:
     outcome: RevertOutcome
 
 
-async def recover(target: Target, instance: str, own_key: int, *, connect_timeout_s: float = 3.0) -> list[Recovered]:
-    """Revert every unowned, unreverted journal entry on ``target``."""
+async def recover(
+    target: Target,
+    instance: str,
+    own_key: int,
+    *,
+    connect_timeout_s: float = 3.0,
+    own_in_progress: Callable[[str], bool] = lambda fault_id: True,
+) -> list[Recovered]:
+    """Revert every unowned, unreverted journal entry on ``target``.
+
+    Entries of this instance are retried only where ``own_in_progress(fault_id)`` is false
+    (its revert already ended, e.g. it gave up on a busy table)."""
     conn = await target.connect(f"dbchaos:{instance}:recover", connect_timeout_s=connect_timeout_s)
     try:
         await conn.execute("SET statement_timeout = '30s'")
         done: list[Recovered] = []
         for entry in await journal.unreverted(conn):
             if entry.owner_key == own_key:
+                if not own_in_progress(entry.fault_id):
+                    done.append(Recovered(entry, await restore(conn, entry.fault_id, "recovered")))
                 continue
             if not await _try_owner_lock(conn, entry.owner_key):
                 continue  # its owner is alive: never touch a live instance's faults
