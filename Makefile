@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test test-all lint bench clean
+.PHONY: serve test test-all drills lint bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "dbchaos needs Python >= 3.11")'
@@ -20,6 +20,10 @@ serve: $(STAMP)
 ## The fast suite: everything but drills, on real PostgreSQL (embedded 18 and Debian's 15 if present).
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not drill" -q
+
+## The slow crash drills only.
+drills: $(STAMP)
+	$(BIN)/python -m pytest -m drill -q
 
 ## Everything, drills included.
 test-all: $(STAMP)
