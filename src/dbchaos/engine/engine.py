@@ -160,6 +160,16 @@ class Engine:
                 out[r.id] = imp
         return out
 
+    async def drift(self, rec: FaultRecord) -> list[str]:
+        """For an active journaled fault: what someone changed since it set its state."""
+        m = self._faults.get(rec.id)
+        if m is None or rec.state is not State.ACTIVE:
+            return []
+        try:
+            return await m.channel.run(m.fault.drift)
+        except (errors.DbChaosError, psycopg.Error):
+            return []
+
     # ---- lifecycle -----------------------------------------------------------------
     def _duration(self, value: float | None) -> float:
         d = self.settings.default_duration_s if value is None else value

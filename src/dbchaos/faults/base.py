@@ -86,6 +86,10 @@ class Fault(ABC, Generic[P]):
             return RevertOutcome(State.REVERTED)
         return RevertOutcome(State.LOST, "the fault's session went away (PostgreSQL released what it held)")
 
+    async def drift(self, conn: psycopg.AsyncConnection[Any]) -> list[str]:
+        """Changes someone else made to the state this fault set (journaled kinds only)."""
+        return []
+
     def details(self) -> dict[str, Any]:
         """Kind-specific facts for status answers (resolved names, rows locked...)."""
         return {}

@@ -165,16 +165,17 @@ def test_alembic_cannot_locate_the_revision_and_revert_restores_it(alembic_db: s
     asyncio.run(scenario())
 
 
-def test_without_scripts_the_id_cannot_be_a_prefix_of_a_hex_id(alembic_db: str) -> None:
+def test_without_scripts_the_id_is_no_hex_prefix_and_the_deadline_reverts_it(alembic_db: str) -> None:
     async def scenario() -> None:
         async with running_engine(alembic_db) as engine:
-            rec = await create(engine, "unknown-revision")
+            rec = await create(engine, "unknown-revision", duration_s=2)
             (stored,) = versions(alembic_db)
             assert stored.startswith("x")
             res = await alembic_async(alembic_db, "current")
             assert f"Can't locate revision identified by '{stored}'" in out(res)
-            await engine.abort(rec.id)
-            assert_reverted(alembic_db, rec, [HEAD])
+            await ended(rec)
+            assert_reverted(alembic_db, rec, [HEAD], EndReason.DEADLINE)
+        assert_upgrade_is_a_noop(alembic_db)
 
     asyncio.run(scenario())
 
@@ -277,5 +278,37 @@ def test_bad_version_table_is_refused_and_nothing_changes(alembic_db: str, graph
                 if code is not None:
                     assert exc.value.code == code, (params, exc.value.code)
         assert query(alembic_db, "SELECT to_regclass('public.accounts') IS NOT NULL")[0][0]
+
+    asyncio.run(scenario())
+
+
+def test_a_repair_committed_while_the_revert_waits_is_kept(alembic_db: str, graph: RevisionGraph) -> None:
+    """The revert locks the version table before it checks for drift, so a repair that
+    commits while the revert waits is seen (superseded) and never overwritten."""
+    import psycopg
+
+    from tests.helpers import wait_for
+
+    async def scenario() -> None:
+        async with running_engine(alembic_db, graph) as engine:
+            rec = await create(engine, "unknown-revision")
+            (stored,) = versions(alembic_db)
+            with psycopg.connect(alembic_db) as team:
+                team.execute("UPDATE alembic_version SET version_num = %s WHERE version_num = %s", (INVOICES, stored))
+                aborting = asyncio.create_task(engine.abort(rec.id))
+                await asyncio.to_thread(
+                    wait_for,
+                    lambda: query(
+                        alembic_db,
+                        "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND application_name LIKE 'dbchaos:%%' AND datname = current_database()",
+                    ),
+                    5.0,
+                    what="the revert to wait for the team's transaction",
+                )
+                team.commit()
+                await aborting
+            assert rec.state is State.SUPERSEDED
+            assert versions(alembic_db) == [INVOICES]
 
     asyncio.run(scenario())

@@ -54,7 +54,11 @@ async def list_faults(
 async def get_fault(fault_id: str, ctx: Ctx) -> dict[str, Any]:
     rec = ctx.engine.get(fault_id)
     impacts = await ctx.engine.impacts([rec])
-    return fault_view(rec, impacts.get(rec.id))
+    view = fault_view(rec, impacts.get(rec.id))
+    drift = await ctx.engine.drift(rec)
+    if drift:
+        view["drift"] = drift  # the team changed the state dbchaos set; revert will keep theirs
+    return view
 
 
 @router.delete("/faults/{fault_id}", summary="Revert a fault now")

@@ -109,6 +109,27 @@ async def apply(conn: psycopg.AsyncConnection[Any], a: Action) -> None:
         raise ValueError(f"action type {t!r} is not applied generically")
 
 
+async def lock(conn: psycopg.AsyncConnection[Any], a: Action) -> None:
+    """Lock what ``a`` touched before checking it, so nobody changes it between the check
+    and the undo (a repair committed in between must not be overwritten)."""
+    t = a["type"]
+    if t == "version_rows":
+        if await _relation_oid(conn, a["schema"], a["table"]) is not None:
+            await conn.execute(
+                sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(sql.Identifier(a["schema"], a["table"]))
+            )
+        return
+    if t in ("rename_table", "rename_column", "create_table", "create_column"):
+        where = await _relation_name(conn, a["oid"])
+        if where is not None:
+            await conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(*where)))
+        # a table recreated under the original name is checked too
+        if t == "rename_table" and await _relation_oid(conn, a["schema"], a["table"]) is not None:
+            await conn.execute(
+                sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(sql.Identifier(a["schema"], a["table"]))
+            )
+
+
 async def drift(conn: psycopg.AsyncConnection[Any], a: Action) -> str | None:
     """``None`` while the database is still as the fault left it; else what changed."""
     t = a["type"]

@@ -36,8 +36,14 @@ def version_table_name(params: VersionTableParams) -> tuple[str, str]:
         (params.version_table, "params.version_table"),
         (params.version_table_schema, "params.version_table_schema"),
     ):
-        if not value or len(value.encode()) > MAX_IDENTIFIER_BYTES:
-            raise InvalidInput(f"{field} must be 1 to {MAX_IDENTIFIER_BYTES} bytes", field=field)
+        if not value:
+            raise InvalidInput(f"{field} must not be empty", field=field)
+        if len(value.encode()) > MAX_IDENTIFIER_BYTES:
+            raise InvalidInput(
+                f"{field} is over {MAX_IDENTIFIER_BYTES} bytes (PostgreSQL would truncate it to another name)",
+                code="identifier_too_long",
+                field=field,
+            )
         if "\x00" in value:
             raise InvalidInput(f"{field} contains a NUL byte", code="invalid_identifier", field=field)
     return params.version_table_schema, params.version_table
@@ -143,6 +149,10 @@ class JournaledFault(Fault[P], Generic[P]):
         for a in acts:
             await actions.apply(conn, a)
         return acts
+
+    async def drift(self, conn: psycopg.AsyncConnection[Any]) -> list[str]:
+        """What someone changed since this fault set its state (shown while it is active)."""
+        return [d for a in self.acts if (d := await actions.drift(conn, a)) is not None]
 
     def details(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

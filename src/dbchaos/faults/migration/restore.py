@@ -48,6 +48,8 @@ async def _restore_once(conn: psycopg.AsyncConnection[Any], fault_id: str, reaso
             return RevertOutcome(State.REVERTED, details={"note": "no journal entry: nothing was changed"})
         if entry.state != "active":
             return _already(entry.state)
+        for a in entry.actions:
+            await actions.lock(conn, a)
         found = [d for a in entry.actions if (d := await actions.drift(conn, a)) is not None]
         if found:
             outcome = await _superseded(conn, entry, found)
