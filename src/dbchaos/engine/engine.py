@@ -232,7 +232,8 @@ class Engine:
             channel.server_version_num,
             connect_timeout_s=self.settings.connect_timeout_s,
         )
-        sessions.connect_early()  # the connection opens while the catalog look-ups run
+        if fault.connect_early:
+            sessions.connect_early()  # the connection opens while the catalog look-ups run
         try:
             await channel.run(fault.prepare)
             self._check_cap(target.name)

@@ -107,6 +107,7 @@ class ConnectionExhaustion(Fault[ConnectionExhaustionParams]):
     kind = "connection-exhaustion"
     summary = "Occupy the cluster's ordinary connection slots with idle sessions (never the reserved ones)."
     params_model = ConnectionExhaustionParams
+    connect_early = False  # prepare() counts the slots in use: no session of ours may be opening then
 
     def __init__(self, params: ConnectionExhaustionParams) -> None:
         super().__init__(params)
