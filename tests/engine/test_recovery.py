@@ -20,6 +20,19 @@ from tests.helpers import query, wait_for
 from tests.server_proc import ServerProcess, dbchaos_server
 
 VERSION_KINDS = ["unknown-revision", "future-revision", "missing-version", "behind", "multiple-heads"]
+# every journaled kind, with parameters that fit the test Alembic project's schema
+JOURNALED: list[tuple[str, dict[str, Any]]] = [
+    *((k, {}) for k in VERSION_KINDS),
+    ("missing-table", {}),
+    ("hidden-object", {"table": "invoices"}),
+    ("hidden-object", {"table": "accounts", "column": "email"}),
+    ("conflicting-object", {"object": "table", "table": "audit_log"}),
+    ("conflicting-object", {"object": "column", "table": "payments", "column": "note", "type": "text"}),
+    (
+        "conflicting-object",
+        {"object": "index", "index": "ix_refunds_reason", "table": "refunds", "columns": ["reason"]},
+    ),
+]
 
 
 def schema_snapshot(dsn: str) -> list[Any]:
@@ -76,17 +89,17 @@ def recover_cli(dsn: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("kind", VERSION_KINDS)
+@pytest.mark.parametrize(("kind", "params"), JOURNALED, ids=[f"{k}-{i}" for i, (k, _) in enumerate(JOURNALED)])
 def test_kill_9_after_inject_then_a_restarted_server_restores_within_10s(
-    alembic_db: str, tmp_path: Path, kind: str
+    alembic_db: str, tmp_path: Path, kind: str, params: dict[str, Any]
 ) -> None:
     baseline = schema_snapshot(alembic_db)
     with dbchaos_server(serve_args(alembic_db), tmp_path) as first, first.client() as client:
-        resp = client.post("/v1/faults", json={"kind": kind, "params": {}, "duration_s": 300})
+        resp = client.post("/v1/faults", json={"kind": kind, "params": params, "duration_s": 300})
         assert resp.status_code == 201, resp.text
         fault_id = resp.json()["id"]
         kill(first)
-    assert versions(alembic_db) != [HEAD] and active_entries(alembic_db) == 1
+    assert not restored(alembic_db, baseline) and active_entries(alembic_db) == 1
 
     with dbchaos_server(serve_args(alembic_db), tmp_path) as second, second.client() as client:
         started = time.monotonic()
@@ -146,11 +159,11 @@ def test_kill_9_at_random_moments_across_inject_active_and_revert(alembic_db: st
     rng = random.Random(int(os.environ.get("DBCHAOS_DRILL_SEED", "1234")))
     kills = 0
     for cycle in range(22):
-        kind = VERSION_KINDS[cycle % len(VERSION_KINDS)]
+        kind, params = JOURNALED[cycle % len(JOURNALED)]
         with dbchaos_server(serve_args(alembic_db), tmp_path) as server, server.client() as client:
             delay = rng.uniform(0.0, 0.9)
             sent = time.monotonic()
-            resp = client.post("/v1/faults?wait=false", json={"kind": kind, "duration_s": 0.4})
+            resp = client.post("/v1/faults?wait=false", json={"kind": kind, "params": params, "duration_s": 0.4})
             assert resp.status_code == 202, resp.text
             time.sleep(max(0.0, delay - (time.monotonic() - sent)))
             kill(server)
