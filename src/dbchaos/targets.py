@@ -8,6 +8,7 @@ leaves this module, in answers and in log lines alike.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import conninfo
 
+from dbchaos import optin
 from dbchaos.errors import InvalidInput, TargetUnreachable, TargetUnusable
 
 MIN_SERVER_VERSION_NUM = 140000
@@ -68,12 +70,59 @@ def scrub(text: str, dsn: str) -> str:
     return text
 
 
+#: prefix of an object name as faults report it (``table:public.items``); no prefix means a table
+_OBJECT_KIND = re.compile(r"([a-z_]+):(.+)", re.DOTALL)
+_TABLE_KINDS = frozenset({"table", "version_table"})
+
+
+@dataclass(frozen=True)
+class TargetPolicy:
+    """What the operator allows on one target (from the targets file; empty = no limit).
+
+    Names are ``schema.table`` exactly as in the catalog (case-sensitive, unquoted). A deny
+    list always wins; once either allow list is set, a table must be in ``allow_tables`` or
+    in a schema of ``allow_schemas``.
+    """
+
+    allow_schemas: tuple[str, ...] = ()
+    deny_schemas: tuple[str, ...] = ()
+    allow_tables: tuple[str, ...] = ()
+    deny_tables: tuple[str, ...] = ()
+    max_duration_s: float | None = None
+    max_faults: int | None = None
+    #: connection slots connection-exhaustion must leave free on this target at least
+    connection_reserve: int = 0
+
+    def refusal(self, obj: str) -> str | None:
+        """Why ``obj`` (a fault's object name, e.g. ``table:public.items``) is not allowed, or ``None``."""
+        m = _OBJECT_KIND.fullmatch(obj)
+        kind, name = (m.group(1), m.group(2)) if m else ("table", obj)
+        in_schemas = [s for s in self.deny_schemas if name.startswith(s + ".")]
+        if in_schemas:
+            return f"{name} is in schema {in_schemas[0]!r}, which deny_schemas lists"
+        if kind in _TABLE_KINDS:
+            if name in self.deny_tables:
+                return f"table {name} is listed in deny_tables"
+            if (self.allow_schemas or self.allow_tables) and not (
+                name in self.allow_tables or any(name.startswith(s + ".") for s in self.allow_schemas)
+            ):
+                return f"table {name} is in neither allow_tables nor a schema of allow_schemas"
+        elif (
+            self.allow_schemas
+            and not self.allow_tables
+            and not any(name.startswith(s + ".") for s in self.allow_schemas)
+        ):
+            return f"{kind} {name} is not in a schema of allow_schemas"
+        return None
+
+
 @dataclass(frozen=True)
 class Target:
     """A database dbchaos may inject faults into."""
 
     name: str
     dsn: str = field(repr=False)
+    policy: TargetPolicy = field(default_factory=TargetPolicy)
 
     @property
     def masked_dsn(self) -> str:
@@ -120,6 +169,8 @@ class TargetCheck:
     in_recovery: bool | None = None
     read_only: bool | None = None
     checked_at: float = field(default_factory=time.time)
+    #: whether the database carries dbchaos's opt-in marker (``None``: not known)
+    opted_in: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -132,6 +183,7 @@ class TargetCheck:
             "server_version_num": self.server_version_num,
             "in_recovery": self.in_recovery,
             "read_only": self.read_only,
+            "opted_in": self.opted_in,
         }
 
     def raise_if_unusable(self) -> None:
@@ -173,6 +225,7 @@ async def check_target(target: Target, *, connect_timeout_s: float = 3.0) -> Tar
             try:
                 cur = await conn.execute(_CHECK_SQL)
                 row = await cur.fetchone()
+                opted_in = (await optin.status(conn)).opted_in
             finally:
                 await conn.close()
     except TargetUnreachable as exc:
@@ -211,6 +264,7 @@ async def check_target(target: Target, *, connect_timeout_s: float = 3.0) -> Tar
         server_version_num=version_num,
         in_recovery=in_recovery,
         read_only=read_only,
+        opted_in=opted_in,
     )
 
 

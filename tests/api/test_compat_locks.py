@@ -104,12 +104,12 @@ def table_locks(dsn: str, table: str = "items") -> list[tuple[int, str]]:
 
 
 def dbchaos_sessions(dsn: str, ctx: AppContext) -> list[str]:
-    """dbchaos sessions in this database other than the engine's control session."""
+    """Fault sessions (``dbchaos:<fault id>``) in this database; the engine's control,
+    recovery and warm spare sessions are not faults."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT application_name FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name LIKE 'dbchaos:%%' AND application_name <> %s",
-            (f"dbchaos:{ctx.engine.instance}",),
+            "AND application_name ~ '^dbchaos:[0-9a-f-]{36}$'",
         ).fetchall()
     return [str(r[0]) for r in rows]
 

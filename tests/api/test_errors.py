@@ -71,3 +71,16 @@ def test_openapi_docs_are_served() -> None:
     client = _client()
     assert client.get("/docs").status_code == 200
     assert client.get("/openapi.json").json()["info"]["title"] == "dbchaos"
+
+
+def test_a_wildcard_bind_answers_to_this_machines_names_but_not_others() -> None:
+    import socket
+
+    from dbchaos.api.guard import allowed_hosts_for
+
+    hosts = allowed_hosts_for("0.0.0.0", 8080)  # noqa: S104 - no socket is bound here
+    assert f"{socket.gethostname().lower()}:8080" in hosts
+    assert "localhost:8080" in hosts
+    assert "evil.example:8080" not in hosts
+    assert allowed_hosts_for("127.0.0.1", 8080) >= {"127.0.0.1:8080", "localhost:8080"}
+    assert f"{socket.gethostname().lower()}:8080" not in allowed_hosts_for("127.0.0.1", 8080)

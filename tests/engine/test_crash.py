@@ -6,10 +6,23 @@ import signal
 import time
 from pathlib import Path
 
+import httpx
 import psycopg
 
-from tests.helpers import dbchaos_sessions, no_dbchaos_sessions, relation_locks, wait_for
+from tests.helpers import dbchaos_sessions, no_dbchaos_sessions, query, relation_locks, wait_for
 from tests.server_proc import dbchaos_server
+
+
+def warm_spares(client: httpx.Client, db: str) -> None:
+    """Make the server keep warm sessions, so the next fault runs on a spare bound to it
+    (its bounds then come from set_config, not from the startup packet)."""
+    fault = client.post("/v1/faults", json={"kind": "table-lock", "params": {"tables": ["orders"]}}).json()
+    client.delete(f"/v1/faults/{fault['id']}")
+    wait_for(
+        lambda: len(query(db, "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'dbchaos:%:spare'")) >= 2,
+        5.0,
+        what="warm spare sessions",
+    )
 
 
 def test_kill_9_with_faults_held_leaves_no_lock(db: str, tmp_path: Path) -> None:
@@ -32,6 +45,7 @@ def test_kill_9_while_the_lock_request_waits_leaves_no_queued_request(db: str, t
     blocker.execute("LOCK TABLE items IN ACCESS SHARE MODE")
     try:
         with dbchaos_server(["--target", db], tmp_path) as server, server.client() as client:
+            warm_spares(client, db)
             resp = client.post(
                 "/v1/faults?wait=false",
                 json={"kind": "table-lock", "params": {"tables": ["items"]}, "acquire_timeout_s": 60, "duration_s": 60},
@@ -52,6 +66,7 @@ def test_kill_9_while_the_lock_request_waits_leaves_no_queued_request(db: str, t
 
 def test_sigstop_postgresql_drops_the_locks_after_the_deadline(db: str, tmp_path: Path) -> None:
     with dbchaos_server(["--target", db], tmp_path) as server, server.client() as client:
+        warm_spares(client, db)
         resp = client.post("/v1/faults", json={"kind": "table-lock", "params": {"tables": ["items"]}, "duration_s": 2})
         assert resp.status_code == 201, resp.text
         deadline = time.monotonic() + 2.0

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import dbchaos
+from dbchaos.api.auth import BearerAuth, TokenStore, require_tokens_off_loopback
 from dbchaos.api.context import AppContext
 from dbchaos.api.errors import install_error_handlers
 from dbchaos.api.guard import HostOriginGuard, allowed_hosts_for
@@ -27,12 +28,17 @@ def create_app(
     registry: Registry | None = None,
     graphs: Mapping[str, RevisionGraph] | None = None,
     recover_on_start: bool = True,
+    tokens: TokenStore | None = None,
 ) -> FastAPI:
     """Build the dbchaos HTTP application for these settings and targets.
 
     The engine lives as long as the app's lifespan: at start-up it recovers what crashed
     instances left in the targets' journals; on shutdown every fault is reverted.
+    ``tokens`` default to ``settings.tokens_file``; without any, a non-loopback ``settings.host``
+    is refused.
     """
+    token_store = tokens if tokens is not None else TokenStore.load(settings.tokens_file)
+    require_tokens_off_loopback(settings.host, token_store)
     engine = Engine(settings, targets, registry or default_registry(), graphs=graphs)
 
     @asynccontextmanager
@@ -50,7 +56,7 @@ def create_app(
         description="Bounded, observable, reversible PostgreSQL faults.",
         lifespan=lifespan,
     )
-    app.state.ctx = AppContext(settings=settings, targets=dict(targets), engine=engine)
+    app.state.ctx = AppContext(settings=settings, targets=dict(targets), engine=engine, tokens=token_store)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(faults.router)
@@ -58,5 +64,6 @@ def create_app(
     app.include_router(compat_migrations.router)
     app.include_router(migrations.router)
     hosts = allowed_hosts_for(settings.host, settings.port) | frozenset(extra_allowed_hosts)
+    app.add_middleware(BearerAuth, store=token_store)  # inside the Host/Origin guard
     app.add_middleware(HostOriginGuard, allowed_hosts=hosts)
     return app

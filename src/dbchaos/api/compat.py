@@ -8,6 +8,9 @@ until stopped", which dbchaos bounds by the server's maximum duration.
 
 from __future__ import annotations
 
+import contextlib
+import hmac
+import json
 import time
 from typing import Any
 
@@ -16,7 +19,7 @@ from dbchaos.api.context import AppContext
 from dbchaos.engine.engine import HISTORY_LIMIT
 from dbchaos.engine.model import EndReason, FaultRecord, State
 from dbchaos.settings import Settings
-from dbchaos.targets import parse_dsn
+from dbchaos.targets import Target, parse_dsn
 
 #: Compat ``duration_seconds`` bounds (the old server's).
 MIN_DURATION_S = 1
@@ -37,8 +40,8 @@ def elapsed(start: float | None, end: float | None, now: float | None = None) ->
 
 
 def compat_duration(duration_seconds: int | float | None, settings: Settings) -> float:
-    """The engine duration for a compat ``duration_seconds``: absent means "until stopped",
-    which dbchaos bounds by the server's maximum duration."""
+    """The engine duration for a compat ``duration_seconds``, bounded by the server-wide maximum
+    only (prefer :func:`target_compat_duration`, which knows the target's own maximum)."""
     if duration_seconds is None:
         return float(settings.max_duration_s)
     if duration_seconds > settings.max_duration_s:
@@ -46,6 +49,26 @@ def compat_duration(duration_seconds: int | float | None, settings: Settings) ->
             f"duration_seconds {duration_seconds:g} is over this server's maximum of {settings.max_duration_s:g} s",
             code="duration_too_long",
             field="duration_seconds",
+            extra={"max_duration_s": settings.max_duration_s},
+        )
+    return float(duration_seconds)
+
+
+def target_compat_duration(duration_seconds: int | float | None, ctx: AppContext, target: str | None = None) -> float:
+    """The engine duration for a compat ``duration_seconds`` on ``target`` (a name; ``None``:
+    the default): absent means "until stopped", which dbchaos bounds by the target's
+    maximum duration (the server's, or the targets file's where lower)."""
+    tgt = ctx.engine.target(target)
+    limit = ctx.engine.max_duration_s(tgt)
+    if duration_seconds is None:
+        return float(limit)
+    if duration_seconds > limit:
+        whose = "this server's" if limit >= ctx.settings.max_duration_s else f"target {tgt.name!r}'s"
+        raise errors.InvalidInput(
+            f"duration_seconds {duration_seconds:g} is over {whose} maximum of {limit:g} s",
+            code="duration_too_long",
+            field="duration_seconds",
+            extra={"max_duration_s": limit},
         )
     return float(duration_seconds)
 
@@ -82,7 +105,9 @@ def migration_state(rec: FaultRecord, *, duration_given: bool) -> str:
 
 def check_target_url(ctx: AppContext, url: str | None) -> str | None:
     """The target name for a compat ``target_database_url``: ``None`` (the default target)
-    when absent or equal to the default target's DSN; anything else is refused.
+    when absent; the configured target whose DSN it equals; otherwise an ad-hoc target when
+    the targets file says ``allow_ad_hoc_targets = true`` (403 ``ad_hoc_target_refused``
+    if not). Ad-hoc targets must have opted in like any other.
 
     The URL is never echoed back, not even in the error.
     """
@@ -97,14 +122,25 @@ def check_target_url(ctx: AppContext, url: str | None) -> str | None:
             field="target_database_url",
         ) from None
     default = ctx.target()
-    if asked != parse_dsn(default.dsn):
+    if asked == parse_dsn(default.dsn):
+        return default.name
+    for name, known in ctx.engine.targets.items():
+        with contextlib.suppress(errors.InvalidInput):
+            if asked == parse_dsn(known.dsn):
+                ctx.targets.setdefault(name, known)
+                return name
+    if not ctx.settings.allow_ad_hoc_targets:
         raise errors.Forbidden(
             "ad-hoc targets are not allowed on this server: target_database_url must be omitted or name "
-            "the server's configured target database",
+            "a configured target database (a targets file may set allow_ad_hoc_targets = true)",
             code="ad_hoc_target_refused",
             field="target_database_url",
         )
-    return default.name
+    # keyed by this instance: the name reveals nothing about the URL (its password included)
+    digest = hmac.new(ctx.engine.instance.encode(), json.dumps(sorted(asked.items())).encode(), "sha256")
+    target = ctx.engine.add_target(Target(f"adhoc-{digest.hexdigest()[:12]}", url))
+    ctx.targets.setdefault(target.name, target)
+    return target.name
 
 
 def remember(ctx: AppContext, attack_id: str, family: str, facts: dict[str, Any]) -> None:

@@ -20,13 +20,33 @@ _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
 
 def allowed_hosts_for(host: str, port: int) -> frozenset[str]:
-    """The ``Host`` values a server bound to ``host:port`` answers to."""
+    """The ``Host`` values a server bound to ``host:port`` answers to: that address, and for
+    a wildcard bind every address and name of this machine."""
     names: set[str] = set()
-    if _is_loopback(host) or host in ("0.0.0.0", "::"):  # noqa: S104 - we list names, not bind
+    wildcard = host in ("0.0.0.0", "::")  # noqa: S104 - we list names, not bind
+    if _is_loopback(host) or wildcard:
         names.update(_LOOPBACK_NAMES)
-    if host not in ("0.0.0.0", "::"):  # noqa: S104
+    if wildcard:
+        names.update(_machine_names())
+    else:
         names.add(f"[{host}]" if ":" in host else host)
     return frozenset({f"{n}:{port}" for n in names} | ({n for n in names} if port == 80 else set()))
+
+
+def _machine_names() -> set[str]:
+    """This machine's host names and interface addresses (for a wildcard bind)."""
+    import socket
+
+    import psutil
+
+    names = {socket.gethostname().lower(), socket.getfqdn().lower()}
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family == socket.AF_INET:
+                names.add(a.address)
+            elif a.family == socket.AF_INET6:
+                names.add(f"[{a.address.split('%')[0]}]")
+    return {n for n in names if n}
 
 
 def _is_loopback(host: str) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dbchaos.cli import inject, kinds, migrations, recover, remote, serve
+from dbchaos.cli import init, inject, kinds, migrations, recover, remote, serve, tokens
 
 app = typer.Typer(
     name="dbchaos",
@@ -20,7 +20,9 @@ app.command("status")(remote.status)
 app.command("abort")(remote.abort)
 app.command("reset")(remote.reset)
 app.command("recover")(recover.recover)
+app.command("init")(init.init)
 app.add_typer(migrations.app, name="migrations")
+app.add_typer(tokens.app, name="token")
 
 
 @app.callback()

@@ -13,13 +13,18 @@ from dbchaos.cli.render import faults_table
 
 ServerOpt = Annotated[str, typer.Option("--server", help="URL of the dbchaos server.", envvar="DBCHAOS_SERVER")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", help="Bearer token, when the server has tokens configured.", envvar="DBCHAOS_TOKEN"),
+]
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 
 
-def _call(method: str, server: str, path: str, as_json: bool) -> Any:
+def _call(method: str, server: str, path: str, as_json: bool, token: str | None = None) -> Any:
     url = server.rstrip("/") + path
+    headers = {"Authorization": f"Bearer {token.strip()}"} if token else {}
     try:
-        resp = httpx.request(method, url, timeout=30.0)
+        resp = httpx.request(method, url, headers=headers, timeout=30.0)
     except httpx.HTTPError as exc:
         fail(
             f"cannot reach the dbchaos server at {server}: {exc}",
@@ -37,6 +42,8 @@ def _call(method: str, server: str, path: str, as_json: bool) -> Any:
         status = (
             exits.USAGE if resp.status_code == 422 else exits.UNREACHABLE if resp.status_code == 502 else exits.FAILED
         )
+        if resp.status_code == 401:
+            detail = f"{detail}; pass --token or set DBCHAOS_TOKEN"
         fail(f"{detail} (HTTP {resp.status_code})", status, as_json=as_json, error_code=code)
     return body
 
@@ -45,10 +52,11 @@ def status(
     fault_id: Annotated[str | None, typer.Argument(help="One fault's id; all faults when omitted.")] = None,
     server: ServerOpt = DEFAULT_SERVER,
     as_json: JsonOpt = False,
+    token: TokenOpt = None,
 ) -> None:
     """Show the server's faults (or one), with what they block now."""
     if fault_id is None:
-        body = _call("GET", server, "/v1/faults", as_json)
+        body = _call("GET", server, "/v1/faults", as_json, token)
         if as_json:
             emit_json(body)
         elif not body["faults"]:
@@ -56,7 +64,7 @@ def status(
         else:
             stdout().print(faults_table(body["faults"]))
         return
-    body = _call("GET", server, f"/v1/faults/{fault_id}", as_json)
+    body = _call("GET", server, f"/v1/faults/{fault_id}", as_json, token)
     if as_json:
         emit_json(body)
         return
@@ -72,18 +80,19 @@ def abort(
     fault_id: Annotated[str, typer.Argument(help="The fault's id.")],
     server: ServerOpt = DEFAULT_SERVER,
     as_json: JsonOpt = False,
+    token: TokenOpt = None,
 ) -> None:
     """Revert one fault now."""
-    body = _call("DELETE", server, f"/v1/faults/{fault_id}", as_json)
+    body = _call("DELETE", server, f"/v1/faults/{fault_id}", as_json, token)
     if as_json:
         emit_json(body)
     else:
         stdout().print(f"{body['id']}: {body['state']} ({body.get('end_reason')})")
 
 
-def reset(server: ServerOpt = DEFAULT_SERVER, as_json: JsonOpt = False) -> None:
+def reset(server: ServerOpt = DEFAULT_SERVER, as_json: JsonOpt = False, token: TokenOpt = None) -> None:
     """Revert every fault the server holds."""
-    body = _call("POST", server, "/v1/reset", as_json)
+    body = _call("POST", server, "/v1/reset", as_json, token)
     if as_json:
         emit_json(body)
     else:

@@ -6,21 +6,26 @@ import asyncio
 import logging
 import signal
 import sys
+from dataclasses import replace
 from types import FrameType
 from typing import Annotated
 
 import typer
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
 
 from dbchaos import errors
 from dbchaos.api.app import create_app
+from dbchaos.api.auth import TokenStore, require_tokens_off_loopback
 from dbchaos.cli import exits
 from dbchaos.cli.common import load_graphs
+from dbchaos.cli.init import opt_in_target
 from dbchaos.embedded.sample import create_sample_database
 from dbchaos.embedded.server import EmbeddedPostgres
 from dbchaos.settings import Settings
 from dbchaos.targets import Target, describe_dsn, mask_dsn
+from dbchaos.targetsfile import TargetsFile, load_targets_file
 
 
 class _Terminated(Exception):
@@ -34,29 +39,60 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def serve(
     target: Annotated[
         str | None,
-        typer.Option(help="DSN of the target database. Default: start an embedded PostgreSQL with sample data."),
+        typer.Option(
+            help="DSN of the target database (with --targets-file: a target's name). "
+            "Default: start an embedded PostgreSQL with sample data."
+        ),
     ] = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on.  [default: 127.0.0.1]")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.  [default: 8080]")] = None,
     alembic_ini: Annotated[
         str | None, typer.Option(help="The application's alembic.ini (its revision graph, for migration faults).")
     ] = None,
+    tokens_file: Annotated[
+        str | None,
+        typer.Option(
+            help="TOML file of bearer tokens (make entries with 'dbchaos token create'); "
+            "required to listen on a non-loopback address. Env: DBCHAOS_TOKENS_FILE.",
+        ),
+    ] = None,
+    targets_file: Annotated[
+        str | None,
+        typer.Option(
+            help="TOML file of named targets and their limits (docs/targets.md); --target then picks the default "
+            "by name. Env: DBCHAOS_TARGETS_FILE.",
+        ),
+    ] = None,
+    dangerously_skip_opt_in: Annotated[
+        bool,
+        typer.Option(
+            "--dangerously-skip-opt-in",
+            help="DANGEROUS: inject faults into databases that never opted in with 'dbchaos init'.",
+        ),
+    ] = False,
 ) -> None:
     """Serve the dbchaos HTTP API (docs at /docs)."""
     err = Console(stderr=True, soft_wrap=True)
     out = Console(soft_wrap=True, highlight=False)
     try:
-        settings = Settings.from_env().with_overrides(host=host, port=port, target_dsn=target, alembic_ini=alembic_ini)
+        settings = Settings.from_env().with_overrides(
+            host=host, port=port, target_dsn=target, alembic_ini=alembic_ini, tokens_file=tokens_file
+        )
         settings.validate()
-        graphs = load_graphs(settings)
+        tokens = TokenStore.load(settings.tokens_file)
+        require_tokens_off_loopback(settings.host, tokens)
+        settings, file_targets = _targets_file(settings.with_overrides(targets_file=targets_file), target)
+        if dangerously_skip_opt_in:
+            settings = settings.with_overrides(allow_not_opted_in=True)
+        graphs = {**load_graphs(settings), **(file_targets.load_graphs() if file_targets else {})}
     except errors.DbChaosError as exc:
-        err.print(f"[red]error:[/red] {exc.message}")
+        err.print(f"[red]error:[/red] {escape(exc.message)}")
         raise typer.Exit(exits.USAGE) from None
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     embedded: EmbeddedPostgres | None = None
     try:
-        dsn = settings.target_dsn
+        dsn = file_targets.targets[settings.target_name].dsn if file_targets else settings.target_dsn
         if dsn is None:
             err.print("starting the embedded PostgreSQL …")
             embedded = EmbeddedPostgres().start()
@@ -65,8 +101,23 @@ def serve(
                 f"embedded PostgreSQL {embedded.binaries.version} ready on "
                 f"127.0.0.1:{embedded.port} with sample tables items, users, orders"
             )
-        targets = {settings.target_name: Target(settings.target_name, dsn)}
-        app = create_app(settings, targets, graphs=graphs)
+            asyncio.run(opt_in_target(Target(settings.target_name, dsn), "the embedded default (dbchaos serve)"))
+        targets = (
+            dict(file_targets.targets) if file_targets else {settings.target_name: Target(settings.target_name, dsn)}
+        )
+        if settings.allow_not_opted_in:
+            err.print(
+                "[bold red]WARNING: --dangerously-skip-opt-in: dbchaos will inject faults into databases that never "
+                "opted in (no dbchaos.opt_in marker). Use it only on a database you own.[/bold red]"
+            )
+            logging.getLogger("dbchaos").warning("--dangerously-skip-opt-in: the opt-in check is off")
+        app = create_app(settings, targets, graphs=graphs, tokens=tokens)
+        err.print(
+            f"auth: {len(tokens.entries)} token(s) from {escape(str(settings.tokens_file))}; "
+            "every endpoint but /v1/health needs one"
+            if tokens
+            else "auth: off (no tokens configured; loopback only)"
+        )
         asyncio.run(_serve(app, settings, dsn, out, embedded is not None))
     except (KeyboardInterrupt, _Terminated):
         pass
@@ -78,6 +129,26 @@ def serve(
             err.print("stopping the embedded PostgreSQL …")
             embedded.stop()
         signal.signal(signal.SIGTERM, previous)
+
+
+def _targets_file(settings: Settings, target: str | None) -> tuple[Settings, TargetsFile | None]:
+    """Settings and targets from the targets file, if one is configured; ``--target`` then
+    names the default target (a DSN with a targets file is a usage error)."""
+    if not settings.targets_file:
+        return settings, None
+    if settings.target_dsn is not None and target is None:
+        raise errors.InvalidInput("both DBCHAOS_TARGET_DSN and a targets file are set; unset one", field="target")
+    found = load_targets_file(settings.targets_file)
+    default = found.default
+    if target is not None:
+        if target not in found.targets:
+            raise errors.InvalidInput(
+                f"with --targets-file, --target names one of its targets ({', '.join(sorted(found.targets))})",
+                field="target",
+            )
+        default = target
+    chosen = replace(settings, target_dsn=None, target_name=default, allow_ad_hoc_targets=found.allow_ad_hoc_targets)
+    return chosen, found
 
 
 async def _serve(app: object, settings: Settings, dsn: str, out: Console, embedded: bool) -> None:

@@ -21,13 +21,15 @@ from typing import Any
 
 import psycopg
 
-from dbchaos import errors
+from dbchaos import errors, optin
 from dbchaos.engine.control import ControlChannel
 from dbchaos.engine.model import EndReason, FaultRecord, State
 from dbchaos.engine.pgerrors import translate
 from dbchaos.engine.recovery import recover
 from dbchaos.engine.session import Bounds, SessionFactory
+from dbchaos.engine.spares import SparePool
 from dbchaos.faults.base import Fault, FaultEnv, FaultParams
+from dbchaos.faults.connection_exhaustion import ConnectionExhaustion
 from dbchaos.faults.migration.graph import RevisionGraph
 from dbchaos.faults.migration.journal import owner_key
 from dbchaos.faults.registry import Registry
@@ -44,6 +46,10 @@ MONITOR_INTERVAL_S = 1.0
 RECOVERY_INTERVAL_S = 30.0
 #: how long a target's version / read-only / recovery check is trusted
 CHECK_TTL_S = 5.0
+#: how long a target's opt-in marker, once seen, is trusted (a refusal is never cached)
+OPT_IN_TTL_S = 5.0
+#: targets added at run time (compat ``target_database_url``, when the targets file allows it)
+MAX_AD_HOC_TARGETS = 16
 RECOVERY_RETRY_S = 2.0
 
 
@@ -99,12 +105,15 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.targets = dict(targets)
+        self._configured = frozenset(self.targets)
         self.registry = registry
         self.graphs = dict(graphs or {})
         self.instance = instance or uuid.uuid4().hex[:12]
         self.owner_key = owner_key(self.instance)
         self._faults: OrderedDict[str, _Managed] = OrderedDict()
         self._channels: dict[str, ControlChannel] = {}
+        self._spares: dict[str, SparePool] = {}
+        self._opted_in_at: dict[str, float] = {}
         self._monitor: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
         self._closed = False
@@ -112,6 +121,61 @@ class Engine:
     # ---- targets -------------------------------------------------------------------
     def target(self, name: str | None) -> Target:
         return targets_by_name(self.targets, name, self.settings.target_name)
+
+    def add_target(self, target: Target) -> Target:
+        """Register an ad-hoc target (the caller checked it is allowed); the same DSN again
+        returns the one registered before."""
+        known = self.targets.get(target.name)
+        if known is not None:
+            return known
+        ad_hoc = len(self.targets) - len(self._configured)
+        if ad_hoc >= MAX_AD_HOC_TARGETS:
+            raise errors.CapacityReached(
+                f"this server already serves {MAX_AD_HOC_TARGETS} ad-hoc targets; add the database to the targets "
+                "file instead",
+                code="too_many_ad_hoc_targets",
+            )
+        self.targets[target.name] = target
+        return target
+
+    def max_duration_s(self, target: Target) -> float:
+        """The longest fault this server allows on ``target`` (its own maximum, if lower)."""
+        limit = target.policy.max_duration_s
+        return self.settings.max_duration_s if limit is None else min(limit, self.settings.max_duration_s)
+
+    def max_faults(self, target: Target) -> int:
+        """How many unfinished faults ``target`` may have at once."""
+        limit = target.policy.max_faults
+        return self.settings.max_faults_per_target if limit is None else min(limit, self.settings.max_faults_per_target)
+
+    async def require_opt_in(self, target: Target, channel: ControlChannel) -> None:
+        """403 ``target_not_opted_in`` unless the target carries the opt-in marker (or the
+        operator started dbchaos with the loud bypass flag)."""
+        if self.settings.allow_not_opted_in:
+            return
+        seen = self._opted_in_at.get(target.name)
+        if seen is not None and time.monotonic() - seen <= OPT_IN_TTL_S:
+            return
+        state = await channel.run(optin.status)
+        if not state.opted_in:
+            self._opted_in_at.pop(target.name, None)
+            raise errors.Forbidden(
+                optin.not_opted_in_message(target.name, target.masked_dsn), code="target_not_opted_in", field="target"
+            )
+        self._opted_in_at[target.name] = time.monotonic()
+
+    @staticmethod
+    def check_objects(target: Target, fault: Fault[Any]) -> None:
+        """403 ``denied_object`` if the fault acts on a schema or table the target's policy refuses."""
+        for obj in fault.objects():
+            why = target.policy.refusal(obj)
+            if why is not None:
+                raise errors.Forbidden(
+                    f"{why}: target {target.name!r} does not allow faults on it",
+                    code="denied_object",
+                    field="params",
+                    extra={"object": obj},
+                )
 
     def channel(self, target: Target) -> ControlChannel:
         ch = self._channels.get(target.name)
@@ -171,15 +235,23 @@ class Engine:
             return []
 
     # ---- lifecycle -----------------------------------------------------------------
-    def _duration(self, value: float | None) -> float:
-        d = self.settings.default_duration_s if value is None else value
+    def _duration(self, value: float | None, target: Target) -> float:
+        limit = self.max_duration_s(target)
+        d = min(self.settings.default_duration_s, limit) if value is None else value
         if not isinstance(d, int | float) or isinstance(d, bool) or not math.isfinite(d) or d <= 0:
             raise errors.InvalidInput("duration_s must be a positive number of seconds", field="duration_s")
-        if d > self.settings.max_duration_s:
+        if d > limit:
+            whose = (
+                f"target {target.name!r}'s maximum"
+                if target.policy.max_duration_s is not None
+                and target.policy.max_duration_s < self.settings.max_duration_s
+                else "this server's maximum"
+            )
             raise errors.InvalidInput(
-                f"duration_s {d:g} is over this server's maximum of {self.settings.max_duration_s:g} s",
+                f"duration_s {d:g} is over {whose} of {limit:g} s",
                 code="duration_too_long",
                 field="duration_s",
+                extra={"max_duration_s": limit},
             )
         return float(d)
 
@@ -215,14 +287,17 @@ class Engine:
         if self._closed:
             raise errors.Conflict("dbchaos is shutting down", code="shutting_down")
         fault = self.registry.build(req.kind, req.params)
-        duration = self._duration(req.duration_s)
+        target = self.target(req.target)
+        duration = self._duration(req.duration_s, target)
         acquire = self._acquire(req.acquire_timeout_s)
         labels = self._labels(req.labels)
-        target = self.target(req.target)
-        self._check_cap(target.name)
+        self._check_cap(target)
         channel = self.channel(target)
         check = await channel.check(max_age_s=CHECK_TTL_S)
         check.raise_if_unusable()
+        await self.require_opt_in(target, channel)
+        if isinstance(fault, ConnectionExhaustion):
+            fault.reserve = target.policy.connection_reserve
         fault_id = str(uuid.uuid4())
         fault.env = FaultEnv(fault_id, self.instance, self.owner_key, duration, self.graphs.get(target.name))
         sessions = SessionFactory(
@@ -233,10 +308,12 @@ class Engine:
             connect_timeout_s=self.settings.connect_timeout_s,
         )
         if fault.connect_early:
-            sessions.connect_early()  # the connection opens while the catalog look-ups run
+            sessions.spares = self._spare_pool(target)
+            sessions.connect_early()  # a warm session is bound, or one opens, while the look-ups run
         try:
             await channel.run(fault.prepare)
-            self._check_cap(target.name)
+            self.check_objects(target, fault)
+            self._check_cap(target)
         except BaseException:
             await sessions.release_all()
             raise
@@ -267,10 +344,11 @@ class Engine:
                 )
         return record
 
-    def _check_cap(self, target: str) -> None:
-        if len(self.unfinished(target)) >= self.settings.max_faults_per_target:
+    def _check_cap(self, target: Target) -> None:
+        cap = self.max_faults(target)
+        if len(self.unfinished(target.name)) >= cap:
             raise errors.CapacityReached(
-                f"target {target!r} already has {self.settings.max_faults_per_target} faults running "
+                f"target {target.name!r} already has {cap} faults running "
                 "(the per-target cap); abort some or wait for their deadlines"
             )
 
@@ -544,6 +622,13 @@ class Engine:
                     _log.warning("recovered fault %s (%s) on %s: %s", r.id, r.kind, name, r.state.value)
             await asyncio.sleep(RECOVERY_RETRY_S if pending else RECOVERY_INTERVAL_S)
 
+    def _spare_pool(self, target: Target) -> SparePool:
+        pool = self._spares.get(target.name)
+        if pool is None:
+            pool = SparePool(target, self.instance, connect_timeout_s=self.settings.connect_timeout_s)
+            self._spares[target.name] = pool
+        return pool
+
     async def close(self) -> None:
         """Revert everything (end reason ``shutdown``) and close control sessions."""
         await self.reset(EndReason.SHUTDOWN)
@@ -552,6 +637,8 @@ class Engine:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        for pool in self._spares.values():
+            await pool.close()
         for ch in self._channels.values():
             with contextlib.suppress(Exception):
                 await ch.close()

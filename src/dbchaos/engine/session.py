@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from dbchaos.engine.spares import SparePool
 from dbchaos.errors import TargetUnreachable
 from dbchaos.targets import Target, parse_dsn
 
@@ -49,12 +50,8 @@ class Bounds:
         # 0 means "do not wait": PostgreSQL's lock_timeout=0 would mean "wait forever".
         return _ms(self.acquire_timeout_s) if self.acquire_timeout_s > 0 else 1
 
-    def startup_options(self, server_version_num: int) -> str:
-        """``-c`` options sent with the startup packet.
-
-        The idle timers start when the session goes idle, i.e. right after the statement
-        that acquired the fault: so ``duration + grace`` ends it ``grace`` past the deadline.
-        """
+    def settings(self, server_version_num: int) -> dict[str, int]:
+        """The server-side bounds of a fault session (see the module docstring)."""
         upper = _ms(self.acquire_timeout_s + self.duration_s + self.grace_s)
         idle = _ms(self.duration_s + self.grace_s)
         opts = {
@@ -66,6 +63,15 @@ class Bounds:
         }
         if server_version_num >= 170000:
             opts["transaction_timeout"] = upper
+        return opts
+
+    def startup_options(self, server_version_num: int) -> str:
+        """``-c`` options sent with the startup packet.
+
+        The idle timers start when the session goes idle, i.e. right after the statement
+        that acquired the fault: so ``duration + grace`` ends it ``grace`` past the deadline.
+        """
+        opts = self.settings(server_version_num)
         return " ".join(f"-c {k}={v}" for k, v in opts.items())
 
 
@@ -109,6 +115,8 @@ class SessionFactory:
     server_version_num: int
     connect_timeout_s: float = 3.0
     sessions: list[FaultSession] = field(default_factory=list)
+    #: warm sessions to take the first one from (see :mod:`dbchaos.engine.spares`)
+    spares: SparePool | None = None
     _early: asyncio.Task[FaultSession | None] | None = field(default=None, repr=False)
 
     @property
@@ -120,10 +128,34 @@ class SessionFactory:
         return [s.pid for s in self.sessions]
 
     def connect_early(self) -> None:
-        """Start opening the first session now (while the engine still checks the request),
-        so that inject does not wait for the connection. Failures surface in :meth:`open`."""
+        """Have the first session ready by the time inject asks for it: a warm spare bound
+        to this fault, or a connection opened now (while the engine still checks the
+        request). Failures surface in :meth:`open`."""
         if self._early is None:
-            self._early = asyncio.create_task(self._try_connect())
+            self._early = asyncio.create_task(self._try_spare_or_connect())
+
+    async def _try_spare_or_connect(self) -> FaultSession | None:
+        conn = self.spares.take() if self.spares is not None else None
+        if conn is not None:
+            try:
+                await self._bind(conn)
+                return FaultSession(conn, conn.info.backend_pid)
+            except psycopg.Error:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+        return await self._try_connect()
+
+    async def _bind(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Make a spare this fault's session: its name and every bound, in one round trip."""
+        values = {"application_name": self.application_name} | {
+            k: str(v) for k, v in self.bounds.settings(self.server_version_num).items()
+        }
+        query = sql.SQL("SELECT {}").format(
+            sql.SQL(", ").join(
+                sql.SQL("set_config({}, {}, false)").format(sql.Literal(k), sql.Literal(v)) for k, v in values.items()
+            )
+        )
+        await conn.execute(query)
 
     async def _try_connect(self) -> FaultSession | None:
         try:
@@ -138,7 +170,9 @@ class SessionFactory:
             early, self._early = self._early, None
             session = await early
         if session is None:
-            session = await self._connect()
+            session = await self._try_spare_or_connect()
+        if session is None:
+            session = await self._connect()  # raises the reason
         self.sessions.append(session)
         return session
 

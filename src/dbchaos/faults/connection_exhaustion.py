@@ -13,6 +13,10 @@ free ordinary slots but K. Sessions open concurrently in batches; once open, dbc
 the client backends again and, if other clients connected meanwhile, gives slots back
 (``leave``) or fails (``connections``) rather than sit in a reserved slot. The sessions
 sit idle; ``idle_session_timeout`` ends them on the server side if dbchaos goes away.
+
+A target's ``connection_reserve`` (targets file) is a floor under ``leave``: at least that
+many ordinary slots stay free whatever the request says (``connections=N`` gets a 409 when
+taking N would leave fewer).
 """
 
 from __future__ import annotations
@@ -115,6 +119,13 @@ class ConnectionExhaustion(Fault[ConnectionExhaustionParams]):
         self.take = 0
         self.held = 0
         self.free_after: int | None = None
+        #: ordinary slots the target's policy keeps free at least (set by the engine)
+        self.reserve = 0
+
+    @property
+    def leave(self) -> int:
+        """Ordinary slots left free: the request's ``leave``, never below the reserve."""
+        return max(self.params.leave or 0, self.reserve)
 
     async def prepare(self, conn: psycopg.AsyncConnection[Any]) -> None:
         row = await (await conn.execute(_SLOTS_SQL)).fetchone()
@@ -122,15 +133,16 @@ class ConnectionExhaustion(Fault[ConnectionExhaustionParams]):
         slots = Slots(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
         self.slots = slots
         if self.params.connections is not None:
-            if self.params.connections > slots.free:
+            if self.params.connections > slots.free - self.reserve:
+                keep = f" and this target's connection_reserve of {self.reserve}" if self.reserve else ""
                 raise Conflict(
-                    f"cannot take {self.params.connections} connections: {slots.describe()}",
+                    f"cannot take {self.params.connections} connections{keep}: {slots.describe()}",
                     code="not_enough_connection_slots",
                     extra={"free": slots.free},
                 )
             self.take = self.params.connections
         else:
-            leave = self.params.leave or 0
+            leave = self.leave
             self.take = slots.free - leave
             if self.take < 1:
                 raise Conflict(
@@ -167,7 +179,7 @@ class ConnectionExhaustion(Fault[ConnectionExhaustionParams]):
         # Others may have connected since prepare(): never sit in a reserved slot.
         row = await (await sessions.sessions[-1].execute(_IN_USE_SQL)).fetchone()
         in_use = int(row[0]) if row else 0
-        excess = in_use - (self.slots.ordinary - (self.params.leave or 0))
+        excess = in_use - (self.slots.ordinary - self.leave)
         if excess > 0:
             if self.params.connections is not None or excess >= len(sessions.sessions):
                 raise Conflict(
@@ -196,6 +208,7 @@ class ConnectionExhaustion(Fault[ConnectionExhaustionParams]):
             "ordinary_slots": s.ordinary if s else None,
             "in_use_before": s.in_use if s else None,
             "free_ordinary_after": self.free_after,
+            "connection_reserve": self.reserve,
         }
 
     def describe_params(self) -> dict[str, Any]:

@@ -85,7 +85,7 @@ def assert_no_leftovers(dsn: str) -> None:
         dsn,
         "SELECT relname FROM pg_class WHERE relnamespace = 'dbchaos'::regnamespace AND relkind NOT IN ('i', 'I')",
     )
-    assert [r[0] for r in tables] == ["journal"]
+    assert sorted(r[0] for r in tables) == ["journal", "opt_in"]
     others = query(
         dsn,
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"

@@ -19,12 +19,12 @@ from dbchaos.api.compat import (
     MAX_DURATION_S,
     MIN_DURATION_S,
     check_target_url,
-    compat_duration,
     elapsed,
     long_transaction_state,
     recall,
     remember,
     rename_field,
+    target_compat_duration,
     unix,
 )
 from dbchaos.api.context import AppContext, get_context
@@ -96,12 +96,13 @@ async def start_attack(
         int | None, Query(ge=BIGINT_MIN, le=BIGINT_MAX, description="First advisory key (random when absent)")
     ] = None,
     target_database_url: Annotated[
-        str | None, Query(description="Only the server's configured target is accepted")
+        str | None,
+        Query(description="A configured target's URL; others only where the targets file allows ad-hoc targets"),
     ] = None,
 ) -> dict[str, Any]:
     """Answers at once with the attack id; the lock is acquired in the background."""
     target = check_target_url(ctx, target_database_url)
-    duration = compat_duration(duration_seconds, ctx.settings)
+    duration = target_compat_duration(duration_seconds, ctx, target)
     first_key = _advisory_first_key(advisory_lock_id, lock_count) if lock_type == "advisory_lock" else None
     kind, params = _request(lock_type, target_table, lock_count, first_key)
     try:

@@ -22,11 +22,11 @@ from dbchaos.api.compat import (
     MAX_DURATION_S,
     MIN_DURATION_S,
     check_target_url,
-    compat_duration,
     migration_state,
     recall,
     remember,
     rename_field,
+    target_compat_duration,
     unix,
 )
 from dbchaos.api.context import AppContext, get_context
@@ -77,7 +77,7 @@ async def start_attack(
 ) -> dict[str, Any]:
     """Answers at once with the attack id; the version table is changed in the background."""
     target = check_target_url(ctx, target_database_url)
-    duration = compat_duration(duration_seconds, ctx.settings)
+    duration = target_compat_duration(duration_seconds, ctx, target)
     if failure_type == "db_behind_code" and ctx.engine.graphs.get(ctx.target(target).name) is None:
         raise errors.InvalidInput(NEEDS_SCRIPTS, code="scripts_not_configured", field="failure_type")
     try:
