@@ -30,6 +30,12 @@ from psycopg import sql
 Action = dict[str, Any]
 
 
+async def read_rows(conn: psycopg.AsyncConnection[Any], schema: str, table: str) -> list[str]:
+    """The revision ids in a version table known to exist (e.g. locked by this transaction)."""
+    cur = await conn.execute(sql.SQL("SELECT version_num::text FROM {}").format(sql.Identifier(schema, table)))
+    return sorted(str(r[0]) for r in await cur.fetchall())
+
+
 async def version_rows(conn: psycopg.AsyncConnection[Any], schema: str, table: str) -> list[str] | None:
     """The revision ids stored in a version table, or ``None`` if it does not exist."""
     cur = await conn.execute("SELECT to_regclass(%s)", (_qualified(schema, table),))
@@ -78,9 +84,10 @@ async def _attnum(conn: psycopg.AsyncConnection[Any], oid: int, column: str) -> 
 
 async def _write_rows(conn: psycopg.AsyncConnection[Any], schema: str, table: str, rows: list[str]) -> None:
     ident = sql.Identifier(schema, table)
-    await conn.execute(sql.SQL("DELETE FROM {}").format(ident))
-    for rev in rows:
-        await conn.execute(sql.SQL("INSERT INTO {} (version_num) VALUES (%s)").format(ident), (rev,))
+    async with conn.pipeline():  # one round trip
+        await conn.execute(sql.SQL("DELETE FROM {}").format(ident))
+        for rev in rows:
+            await conn.execute(sql.SQL("INSERT INTO {} (version_num) VALUES (%s)").format(ident), (rev,))
 
 
 async def apply(conn: psycopg.AsyncConnection[Any], a: Action) -> None:

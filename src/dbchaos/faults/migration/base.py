@@ -82,6 +82,8 @@ class JournaledFault(Fault[P], Generic[P]):
     def __init__(self, params: P) -> None:
         super().__init__(params)
         self.acts: list[dict[str, Any]] = []
+        #: set by a ``prepare`` that already saw the journal (saves inject a round trip)
+        self.journal_exists = False
 
     @property
     def graph(self) -> RevisionGraph | None:
@@ -98,7 +100,8 @@ class JournaledFault(Fault[P], Generic[P]):
     async def inject(self, sessions: SessionFactory) -> None:
         session = await sessions.open()
         try:
-            await journal.ensure(session.conn)
+            if not self.journal_exists:
+                await journal.ensure(session.conn)
             for attempt in range(self.attempts):
                 try:
                     await self._inject_once(session.conn)
@@ -113,8 +116,7 @@ class JournaledFault(Fault[P], Generic[P]):
     async def _inject_once(self, conn: psycopg.AsyncConnection[Any]) -> None:
         objects = self.objects()
         async with conn.transaction():
-            await journal.lock_objects(conn, objects)
-            clash = await journal.active_on(conn, objects)
+            clash = await journal.claim(conn, objects)
             if clash:
                 fid, kind, objs = clash[0]
                 raise Conflict(
@@ -175,7 +177,8 @@ class VersionRowsFault(JournaledFault[P], Generic[P]):
 
     async def prepare(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self.table = await resolve_version_table(conn, self.params)
-        self.current = await actions.version_rows(conn, self.table.schema, self.table.name) or []
+        self.current = await actions.read_rows(conn, self.table.schema, self.table.name)
+        self.journal_exists = await journal.exists(conn)
         self.new_rows(self.current)  # validate against today's state (422 before anything changes)
 
     @abstractmethod
@@ -192,8 +195,10 @@ class VersionRowsFault(JournaledFault[P], Generic[P]):
     async def change(self, conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
         assert self.table is not None
         t = self.table
-        await conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(t.ident))
-        before = await actions.version_rows(conn, t.schema, t.name) or []
+        async with conn.pipeline():  # lock and read in one round trip
+            await conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(t.ident))
+            cur = await conn.execute(sql.SQL("SELECT version_num::text FROM {}").format(t.ident))
+        before = sorted(str(r[0]) for r in await cur.fetchall())
         act = {
             "type": "version_rows",
             "schema": t.schema,

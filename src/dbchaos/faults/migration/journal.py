@@ -80,6 +80,18 @@ async def lock_objects(conn: psycopg.AsyncConnection[Any], objects: list[str]) -
         await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (OWNER_LOCK_CLASS, obj))
 
 
+async def claim(conn: psycopg.AsyncConnection[Any], objects: list[str]) -> list[tuple[str, str, list[str]]]:
+    """:func:`lock_objects` then :func:`active_on`, in one round trip (a pipeline keeps
+    their order: the locks are held before the journal is read)."""
+    async with conn.pipeline():
+        await lock_objects(conn, objects)
+        cur = await conn.execute(
+            "SELECT fault_id::text, kind, objects FROM dbchaos.journal WHERE state = 'active' AND objects && %s",
+            (objects,),
+        )
+    return [(str(r[0]), str(r[1]), list(r[2])) for r in await cur.fetchall()]
+
+
 async def active_on(conn: psycopg.AsyncConnection[Any], objects: list[str]) -> list[tuple[str, str, list[str]]]:
     """Unreverted entries acting on any of ``objects``: (fault id, kind, objects)."""
     cur = await conn.execute(

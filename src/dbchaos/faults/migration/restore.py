@@ -42,8 +42,9 @@ async def restore(conn: psycopg.AsyncConnection[Any], fault_id: str, reason: str
 
 async def _restore_once(conn: psycopg.AsyncConnection[Any], fault_id: str, reason: str) -> RevertOutcome:
     async with conn.transaction():
-        await conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT_MS)))
-        entry = await journal.lock_entry(conn, fault_id)
+        async with conn.pipeline():  # one round trip for both
+            await conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT_MS)))
+            entry = await journal.lock_entry(conn, fault_id)
         if entry is None:
             return RevertOutcome(State.REVERTED, details={"note": "no journal entry: nothing was changed"})
         if entry.state != "active":
