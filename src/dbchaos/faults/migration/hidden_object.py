@@ -39,11 +39,12 @@ TableName = Annotated[str | dict[str, str], Field(description='"schema.table" or
 async def short_lock_timeout(conn: psycopg.AsyncConnection[Any]) -> None:
     """``SET LOCAL lock_timeout`` to one attempt's share (never longer than the session's,
     which is the fault's acquire timeout)."""
-    cur = await conn.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'lock_timeout'")
-    row = await cur.fetchone()
-    session_ms = int(row[0]) if row and row[0] is not None else 0
-    ms = min(ATTEMPT_LOCK_TIMEOUT_MS, session_ms) if session_ms > 0 else ATTEMPT_LOCK_TIMEOUT_MS
-    await conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(ms)))
+    # one round trip, and no pg_settings (that view materialises every setting)
+    await conn.execute(
+        "SELECT set_config('lock_timeout', (CASE WHEN v > 0 THEN least(%s, v) ELSE %s END)::text, true)"
+        " FROM (SELECT (extract(epoch FROM current_setting('lock_timeout')::interval) * 1000)::bigint AS v) AS s",
+        (ATTEMPT_LOCK_TIMEOUT_MS, ATTEMPT_LOCK_TIMEOUT_MS),
+    )
 
 
 async def lock_prepared(conn: psycopg.AsyncConnection[Any], rel: Relation, mode: str) -> None:
@@ -51,8 +52,9 @@ async def lock_prepared(conn: psycopg.AsyncConnection[Any], rel: Relation, mode:
     ``prepare`` resolved (it may have been renamed or replaced in between)."""
     if mode not in _LOCK_MODES:  # the mode is SQL text, so it comes from a closed set
         raise ValueError(f"not a lock mode used here: {mode!r}")
-    await conn.execute(sql.SQL("LOCK TABLE {} IN {} MODE").format(rel.ident, sql.SQL(mode)))
-    cur = await conn.execute("SELECT to_regclass(%s)::oid::bigint", (f"{quote(rel.schema)}.{quote(rel.name)}",))
+    async with conn.pipeline():  # lock and check in one round trip
+        await conn.execute(sql.SQL("LOCK TABLE {} IN {} MODE").format(rel.ident, sql.SQL(mode)))
+        cur = await conn.execute("SELECT to_regclass(%s)::oid::bigint", (f"{quote(rel.schema)}.{quote(rel.name)}",))
     row = await cur.fetchone()
     if row is None or row[0] is None or int(row[0]) != rel.oid:
         raise Conflict(f"{rel.display} was replaced or renamed while the fault was being injected", code="changed")
