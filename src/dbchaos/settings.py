@@ -45,6 +45,8 @@ class Settings:
     allow_not_opted_in: bool = False
     #: TOML file of bearer tokens (hashes); ``None``: no auth, loopback only (docs/security.md)
     tokens_file: str | None = None
+    #: append-only JSON-lines audit trail; ``None``: the last events in memory only (docs/audit.md)
+    audit_log: str | None = None
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with the given non-``None`` fields replaced (for CLI flags)."""

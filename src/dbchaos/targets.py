@@ -140,12 +140,17 @@ class Target:
             kwargs.update(keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3)
         return kwargs
 
-    async def connect(self, application_name: str, *, connect_timeout_s: float = 3.0) -> psycopg.AsyncConnection[Any]:
-        """Open an autocommit async connection tagged with ``application_name``."""
+    async def connect(
+        self, application_name: str, *, connect_timeout_s: float = 3.0, cursor_factory: Any = None
+    ) -> psycopg.AsyncConnection[Any]:
+        """Open an autocommit async connection tagged with ``application_name`` (``cursor_factory``:
+        e.g. the audit trail's, see :mod:`dbchaos.audit`)."""
+        extra = {"cursor_factory": cursor_factory} if cursor_factory is not None else {}
         try:
             return await psycopg.AsyncConnection.connect(
                 self.dsn,
                 **self.connect_kwargs(application_name, connect_timeout_s=connect_timeout_s),
+                **extra,
             )
         except psycopg.OperationalError as exc:
             raise TargetUnreachable(self.unreachable_message(exc)) from exc

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
+from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Query, Response
 
 import dbchaos
 from dbchaos.api.auth import BearerAuth, TokenStore, require_tokens_off_loopback
@@ -13,9 +14,11 @@ from dbchaos.api.context import AppContext
 from dbchaos.api.errors import install_error_handlers
 from dbchaos.api.guard import HostOriginGuard, allowed_hosts_for
 from dbchaos.api.routes import compat_locks, compat_migrations, faults, health, migrations
+from dbchaos.audit import DEFAULT_MEMORY, AuditLog, RequestAudit
 from dbchaos.engine.engine import Engine
 from dbchaos.faults.migration.graph import RevisionGraph
 from dbchaos.faults.registry import Registry, default_registry
+from dbchaos.metrics import CONTENT_TYPE, Metrics
 from dbchaos.settings import Settings
 from dbchaos.targets import Target
 
@@ -39,7 +42,9 @@ def create_app(
     """
     token_store = tokens if tokens is not None else TokenStore.load(settings.tokens_file)
     require_tokens_off_loopback(settings.host, token_store)
-    engine = Engine(settings, targets, registry or default_registry(), graphs=graphs)
+    metrics = Metrics(dbchaos.__version__)
+    audit = AuditLog(settings.audit_log)
+    engine = Engine(settings, targets, registry or default_registry(), graphs=graphs, metrics=metrics, audit=audit)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -49,6 +54,7 @@ def create_app(
             yield
         finally:
             await engine.close()
+            audit.close()
 
     app = FastAPI(
         title="dbchaos",
@@ -56,14 +62,26 @@ def create_app(
         description="Bounded, observable, reversible PostgreSQL faults.",
         lifespan=lifespan,
     )
-    app.state.ctx = AppContext(settings=settings, targets=dict(targets), engine=engine, tokens=token_store)
+    app.state.ctx = AppContext(settings=settings, targets=dict(targets), engine=engine, tokens=token_store, audit=audit)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(faults.router)
     app.include_router(compat_locks.router)
     app.include_router(compat_migrations.router)
     app.include_router(migrations.router)
+
+    @app.get("/v1/audit", summary="Recent audit events: state-changing requests and statements (docs/audit.md)")
+    async def audit_events(
+        limit: Annotated[int, Query(ge=1, le=DEFAULT_MEMORY)] = 1000, fault_id: str | None = None
+    ) -> dict[str, Any]:
+        return {"events": audit.events(limit=limit, fault_id=fault_id)}
+
+    @app.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=Response)
+    async def prometheus_metrics() -> Response:
+        return Response(await metrics.render(engine), media_type=CONTENT_TYPE)
+
     hosts = allowed_hosts_for(settings.host, settings.port) | frozenset(extra_allowed_hosts)
     app.add_middleware(BearerAuth, store=token_store)  # inside the Host/Origin guard
+    app.add_middleware(RequestAudit, audit=audit)  # outside BearerAuth: refused requests are recorded too
     app.add_middleware(HostOriginGuard, allowed_hosts=hosts)
     return app

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import Request
 
 from dbchaos.api.auth import TokenStore
+from dbchaos.audit import AuditLog
 from dbchaos.engine.engine import Engine
 from dbchaos.settings import Settings
 from dbchaos.targets import Target, targets_by_name
@@ -21,6 +22,8 @@ class AppContext:
     compat_attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the configured bearer tokens (empty: auth off); see dbchaos.api.auth
     tokens: TokenStore = field(default_factory=TokenStore)
+    #: the audit trail (docs/audit.md)
+    audit: AuditLog = field(default_factory=AuditLog)
 
     def target(self, name: str | None = None) -> Target:
         return targets_by_name(self.targets, name, self.settings.target_name)

@@ -56,6 +56,13 @@ def serve(
             "required to listen on a non-loopback address. Env: DBCHAOS_TOKENS_FILE.",
         ),
     ] = None,
+    audit_log: Annotated[
+        str | None,
+        typer.Option(
+            help="Append the audit trail (JSON lines: requests and statements, docs/audit.md) to this file; "
+            "without it only the last events are kept, in memory (GET /v1/audit). Env: DBCHAOS_AUDIT_LOG.",
+        ),
+    ] = None,
     targets_file: Annotated[
         str | None,
         typer.Option(
@@ -76,7 +83,12 @@ def serve(
     out = Console(soft_wrap=True, highlight=False)
     try:
         settings = Settings.from_env().with_overrides(
-            host=host, port=port, target_dsn=target, alembic_ini=alembic_ini, tokens_file=tokens_file
+            host=host,
+            port=port,
+            target_dsn=target,
+            alembic_ini=alembic_ini,
+            tokens_file=tokens_file,
+            audit_log=audit_log,
         )
         settings.validate()
         tokens = TokenStore.load(settings.tokens_file)

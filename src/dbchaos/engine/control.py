@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from dbchaos.audit import AuditLog
 from dbchaos.errors import TargetUnreachable
 from dbchaos.faults.migration.journal import OWNER_LOCK_CLASS
 from dbchaos.observe.activity import Snapshot, take_snapshot
@@ -34,8 +35,10 @@ class ControlChannel:
         connect_timeout_s: float,
         snapshot_ttl_s: float = 0.25,
         owner_key: int | None = None,
+        audit: AuditLog | None = None,
     ):
         self.target = target
+        self.audit = audit
         self.instance = instance
         self.owner_key = owner_key
         self.connect_timeout_s = connect_timeout_s
@@ -51,7 +54,10 @@ class ControlChannel:
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = await self.target.connect(f"dbchaos:{self.instance}", connect_timeout_s=self.connect_timeout_s)
+            factory = self.audit.cursor_factory("control", self.target.name) if self.audit is not None else None
+            self._conn = await self.target.connect(
+                f"dbchaos:{self.instance}", connect_timeout_s=self.connect_timeout_s, cursor_factory=factory
+            )
             await self._conn.execute(
                 "SET statement_timeout = '10s'; SET lock_timeout = '2s'; SET idle_session_timeout = 0"
             )

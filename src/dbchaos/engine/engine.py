@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 
 from dbchaos import errors, optin
+from dbchaos.audit import AuditLog
 from dbchaos.engine.control import ControlChannel
 from dbchaos.engine.model import EndReason, FaultRecord, State
 from dbchaos.engine.pgerrors import translate
@@ -33,6 +34,7 @@ from dbchaos.faults.connection_exhaustion import ConnectionExhaustion
 from dbchaos.faults.migration.graph import RevisionGraph
 from dbchaos.faults.migration.journal import owner_key
 from dbchaos.faults.registry import Registry
+from dbchaos.metrics import Metrics
 from dbchaos.observe.activity import Impact, impact_of
 from dbchaos.settings import Settings
 from dbchaos.targets import Target, targets_by_name
@@ -102,7 +104,10 @@ class Engine:
         *,
         instance: str | None = None,
         graphs: Mapping[str, RevisionGraph] | None = None,
+        metrics: Metrics | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
+        self.audit = audit
         self.settings = settings
         self.targets = dict(targets)
         self._configured = frozenset(self.targets)
@@ -117,6 +122,7 @@ class Engine:
         self._monitor: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
         self._closed = False
+        self.metrics = metrics
 
     # ---- targets -------------------------------------------------------------------
     def target(self, name: str | None) -> Target:
@@ -181,7 +187,11 @@ class Engine:
         ch = self._channels.get(target.name)
         if ch is None:
             ch = ControlChannel(
-                target, self.instance, connect_timeout_s=self.settings.connect_timeout_s, owner_key=self.owner_key
+                target,
+                self.instance,
+                connect_timeout_s=self.settings.connect_timeout_s,
+                owner_key=self.owner_key,
+                audit=self.audit,
             )
             self._channels[target.name] = ch
         return ch
@@ -306,6 +316,7 @@ class Engine:
             Bounds(acquire, duration, self.settings.server_side_grace_s),
             channel.server_version_num,
             connect_timeout_s=self.settings.connect_timeout_s,
+            audit=self.audit,
         )
         if fault.connect_early:
             sessions.spares = self._spare_pool(target)
@@ -372,12 +383,17 @@ class Engine:
             rec.pids = m.sessions.pids
             rec.details = m.fault.details()
             rec.state = State.ACTIVE
+            if self.metrics is not None:
+                self.metrics.activated(rec)
             m.settled.set()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, rec.deadline - time.time())):
                     await m.stop.wait()
             reason = m.stop_reason if m.stop.is_set() else EndReason.DEADLINE
+            stopped = time.monotonic()
             await self._revert(m, reason)
+            if self.metrics is not None:
+                self.metrics.reverted(rec, time.monotonic() - stopped)
         except asyncio.CancelledError:
             await m.sessions.release_all()
             self._finish(m, State.REVERTED, EndReason.SHUTDOWN)
@@ -500,6 +516,8 @@ class Engine:
         rec.ended_at = time.time()
         if error:
             rec.error = error
+        if self.metrics is not None:
+            self.metrics.finished(rec)
         m.settled.set()
 
     # ---- control -------------------------------------------------------------------
@@ -573,6 +591,7 @@ class Engine:
             self.owner_key,
             connect_timeout_s=self.settings.connect_timeout_s,
             own_in_progress=lambda fid: fid in self._faults and not self._faults[fid].record.state.finished,
+            cursor_factory=self.audit.cursor_factory("recover", target.name) if self.audit is not None else None,
         )
         out: list[FaultRecord] = []
         now = time.time()
@@ -625,7 +644,7 @@ class Engine:
     def _spare_pool(self, target: Target) -> SparePool:
         pool = self._spares.get(target.name)
         if pool is None:
-            pool = SparePool(target, self.instance, connect_timeout_s=self.settings.connect_timeout_s)
+            pool = SparePool(target, self.instance, connect_timeout_s=self.settings.connect_timeout_s, audit=self.audit)
             self._spares[target.name] = pool
         return pool
 

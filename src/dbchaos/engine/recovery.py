@@ -35,12 +35,15 @@ async def recover(
     *,
     connect_timeout_s: float = 3.0,
     own_in_progress: Callable[[str], bool] = lambda fault_id: True,
+    cursor_factory: type[psycopg.AsyncCursor[Any]] | None = None,
 ) -> list[Recovered]:
     """Revert every unowned, unreverted journal entry on ``target``.
 
     Entries of this instance are retried only where ``own_in_progress(fault_id)`` is false
     (its revert already ended, e.g. it gave up on a busy table)."""
-    conn = await target.connect(f"dbchaos:{instance}:recover", connect_timeout_s=connect_timeout_s)
+    conn = await target.connect(
+        f"dbchaos:{instance}:recover", connect_timeout_s=connect_timeout_s, cursor_factory=cursor_factory
+    )
     try:
         await conn.execute("SET statement_timeout = '30s'")
         done: list[Recovered] = []

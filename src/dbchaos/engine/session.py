@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from dbchaos.audit import AuditLog
 from dbchaos.engine.spares import SparePool
 from dbchaos.errors import TargetUnreachable
 from dbchaos.targets import Target, parse_dsn
@@ -117,6 +118,8 @@ class SessionFactory:
     sessions: list[FaultSession] = field(default_factory=list)
     #: warm sessions to take the first one from (see :mod:`dbchaos.engine.spares`)
     spares: SparePool | None = None
+    #: records every statement of this fault's sessions (see :mod:`dbchaos.audit`)
+    audit: AuditLog | None = None
     _early: asyncio.Task[FaultSession | None] | None = field(default=None, repr=False)
 
     @property
@@ -137,6 +140,8 @@ class SessionFactory:
     async def _try_spare_or_connect(self) -> FaultSession | None:
         conn = self.spares.take() if self.spares is not None else None
         if conn is not None:
+            if self.audit is not None:
+                conn.cursor_factory = self.audit.cursor_factory(self.fault_id, self.target.name)
             try:
                 await self._bind(conn)
                 return FaultSession(conn, conn.info.backend_pid)
@@ -181,6 +186,8 @@ class SessionFactory:
         options = self.bounds.startup_options(self.server_version_num)
         existing = parse_dsn(self.target.dsn).get("options")
         kwargs["options"] = f"{existing} {options}" if existing else options
+        if self.audit is not None:
+            kwargs["cursor_factory"] = self.audit.cursor_factory(self.fault_id, self.target.name)
         try:
             conn = await psycopg.AsyncConnection.connect(self.target.dsn, **kwargs)
         except psycopg.OperationalError as exc:

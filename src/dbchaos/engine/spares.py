@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 
+from dbchaos.audit import AuditLog
 from dbchaos.targets import Target, parse_dsn
 
 #: how many warm sessions to keep per target
@@ -35,8 +36,17 @@ WHERE c.oid = to_regclass('pg_catalog.pg_class')
 class SparePool:
     """A few idle sessions to one target, ready to become fault sessions."""
 
-    def __init__(self, target: Target, instance: str, *, connect_timeout_s: float = 3.0, size: int = SPARES):
+    def __init__(
+        self,
+        target: Target,
+        instance: str,
+        *,
+        connect_timeout_s: float = 3.0,
+        size: int = SPARES,
+        audit: AuditLog | None = None,
+    ):
         self.target = target
+        self.audit = audit
         self.instance = instance
         self.connect_timeout_s = connect_timeout_s
         self.size = size
@@ -69,6 +79,8 @@ class SparePool:
         opts = f"-c idle_session_timeout={SPARE_IDLE_TIMEOUT_MS}"
         existing = parse_dsn(self.target.dsn).get("options")
         kwargs["options"] = f"{existing} {opts}" if existing else opts
+        if self.audit is not None:
+            kwargs["cursor_factory"] = self.audit.cursor_factory("spare", self.target.name)
         try:
             conn = await psycopg.AsyncConnection.connect(self.target.dsn, **kwargs)
         except psycopg.Error:
