@@ -8,6 +8,7 @@ leaves this module, in answers and in log lines alike.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from collections.abc import Mapping
@@ -214,7 +215,7 @@ def usability_problem(
     return None
 
 
-_CHECK_SQL = """
+CHECK_SQL = """
 SELECT current_setting('server_version_num')::int,
        current_setting('server_version'),
        pg_is_in_recovery(),
@@ -228,7 +229,7 @@ async def check_target(target: Target, *, connect_timeout_s: float = 3.0) -> Tar
         async with asyncio.timeout(connect_timeout_s + 2):
             conn = await target.connect("dbchaos:check", connect_timeout_s=connect_timeout_s)
             try:
-                cur = await conn.execute(_CHECK_SQL)
+                cur = await conn.execute(CHECK_SQL)
                 row = await cur.fetchone()
                 opted_in = (await optin.status(conn)).opted_in
             finally:
@@ -246,12 +247,12 @@ async def check_target(target: Target, *, connect_timeout_s: float = 3.0) -> Tar
             else f"cannot connect to target {target.name!r} ({describe_dsn(target.dsn)}): timed out",
         )
     assert row is not None
-    version_num, version, in_recovery, read_only = (
-        int(row[0]),
-        str(row[1]),
-        bool(row[2]),
-        bool(row[3]),
-    )
+    return dataclasses.replace(check_from_row(target, row), opted_in=opted_in)
+
+
+def check_from_row(target: Target, row: Any) -> TargetCheck:
+    """The check of a reachable target from the row of :data:`CHECK_SQL`."""
+    version_num, version, in_recovery, read_only = int(row[0]), str(row[1]), bool(row[2]), bool(row[3])
     problem = usability_problem(
         target.name,
         server_version_num=version_num,
@@ -269,7 +270,6 @@ async def check_target(target: Target, *, connect_timeout_s: float = 3.0) -> Tar
         server_version_num=version_num,
         in_recovery=in_recovery,
         read_only=read_only,
-        opted_in=opted_in,
     )
 
 

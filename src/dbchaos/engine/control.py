@@ -14,14 +14,9 @@ from dbchaos.audit import AuditLog
 from dbchaos.errors import TargetUnreachable
 from dbchaos.faults.migration.journal import OWNER_LOCK_CLASS
 from dbchaos.observe.activity import Snapshot, take_snapshot
-from dbchaos.targets import Target, TargetCheck, usability_problem
+from dbchaos.targets import CHECK_SQL, Target, TargetCheck, check_from_row
 
 T = TypeVar("T")
-
-_CHECK_SQL = """
-SELECT current_setting('server_version_num')::int, current_setting('server_version'),
-       pg_is_in_recovery(), current_setting('default_transaction_read_only') = 'on'
-"""
 
 
 class ControlChannel:
@@ -91,29 +86,13 @@ class ControlChannel:
             return self._check
 
         async def q(conn: psycopg.AsyncConnection[Any]) -> Any:
-            return await (await conn.execute(_CHECK_SQL)).fetchone()
+            return await (await conn.execute(CHECK_SQL)).fetchone()
 
-        row = await self.run(q)
-        num, version, recovery, ro = int(row[0]), str(row[1]), bool(row[2]), bool(row[3])
-        self.server_version_num = num
-        problem = usability_problem(
-            self.target.name,
-            server_version_num=num,
-            server_version=version,
-            in_recovery=recovery,
-            read_only=ro,
-        )
-        return TargetCheck(
-            self.target.name,
-            self.target.masked_dsn,
-            True,
-            problem is None,
-            problem,
-            version,
-            num,
-            recovery,
-            ro,
-        )
+        self._check = check_from_row(self.target, await self.run(q))
+        self._check_at = time.monotonic()
+        assert self._check.server_version_num is not None
+        self.server_version_num = self._check.server_version_num
+        return self._check
 
     async def snapshot(self, lock_pids: Iterable[int], *, max_age_s: float | None = None) -> Snapshot:
         """A snapshot no older than ``max_age_s`` (default: the TTL) that covers ``lock_pids``."""
