@@ -1,0 +1,18 @@
+"""Alembic environment of the demo shop (online mode only)."""
+
+import os
+
+import psycopg
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+dsn = os.environ["SHOP_DSN"]
+engine = create_engine(
+    "postgresql+psycopg://",
+    creator=lambda: psycopg.connect(dsn, application_name="shop-migrate"),
+    poolclass=pool.NullPool,
+)
+with engine.connect() as connection:
+    context.configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
