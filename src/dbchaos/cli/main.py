@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dbchaos.cli import init, inject, kinds, migrations, recover, remote, serve, tokens
+from dbchaos.cli import init, inject, kinds, lab, migrations, recover, remote, serve, tokens
 
 app = typer.Typer(
     name="dbchaos",
@@ -14,6 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("serve")(serve.serve)
+app.command("lab")(lab.lab)
 app.command("inject")(inject.inject)
 app.command("kinds")(kinds.kinds)
 app.command("status")(remote.status)
