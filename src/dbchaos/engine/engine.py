@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-from dbchaos import errors, optin
+from dbchaos import errors, optin, privileges
 from dbchaos.audit import AuditLog
 from dbchaos.engine.control import ControlChannel
 from dbchaos.engine.model import EndReason, FaultRecord, State
@@ -325,6 +325,9 @@ class Engine:
             await channel.run(fault.prepare)
             self.check_objects(target, fault)
             self._check_cap(target)
+        except (psycopg.errors.InsufficientPrivilege, errors.Forbidden) as exc:
+            await sessions.release_all()
+            raise await privileges.explain(channel, fault, exc) from None  # names the grant to add
         except BaseException:
             await sessions.release_all()
             raise
@@ -351,7 +354,7 @@ class Engine:
                 raise cls(
                     record.error or "the fault could not be injected",
                     code=record.error_code,
-                    extra={"fault_id": fault_id},
+                    extra={**(m.error.extra if m.error is not None else {}), "fault_id": fault_id},
                 )
         return record
 
@@ -425,11 +428,12 @@ class Engine:
             return False
         except errors.DbChaosError as exc:
             await m.sessions.release_all()
-            self._fail(m, exc)
+            self._fail(m, await privileges.explain(m.channel, m.fault, exc))
             return False
         except psycopg.Error as exc:
             await m.sessions.release_all()
-            self._fail(m, translate(exc, f"{rec.kind} could not be injected"))
+            err = translate(exc, f"{rec.kind} could not be injected")
+            self._fail(m, await privileges.explain(m.channel, m.fault, err))  # 42501: names the grant to add
             return False
         finally:
             stopper.cancel()

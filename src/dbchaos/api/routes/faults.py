@@ -33,7 +33,8 @@ async def create_fault(
         if fault_id is None:
             raise
         rec = ctx.engine.get(str(fault_id))
-        return error_response(status_for(exc), exc.message, exc.code, exc.field, fault=fault_view(rec))
+        extra = {k: v for k, v in exc.extra.items() if k != "fault_id"}  # e.g. the missing grants (403)
+        return error_response(status_for(exc), exc.message, exc.code, exc.field, **{**extra, "fault": fault_view(rec)})
     impacts = await ctx.engine.impacts([rec])
     return JSONResponse(fault_view(rec, impacts.get(rec.id)), status_code=201 if wait else 202)
 

@@ -27,9 +27,15 @@ SCHEMA = "dbchaos"
 #: classid of every dbchaos owner lock: 'dbch' as a 32-bit integer
 OWNER_LOCK_CLASS = 0x64626368
 
-_DDL = """
+# The schema only where it is missing: CREATE SCHEMA IF NOT EXISTS still needs CREATE on the
+# database, and COMMENT ON SCHEMA ownership, which a least-privilege role given USAGE and
+# CREATE on an existing schema dbchaos does not have (docs/least-privilege.md).
+_SCHEMA_DDL = """
 CREATE SCHEMA IF NOT EXISTS dbchaos;
-COMMENT ON SCHEMA dbchaos IS 'dbchaos: journal of faults that changed data or schema (safe to keep)';
+COMMENT ON SCHEMA dbchaos IS 'dbchaos: journal of faults that changed data or schema (safe to keep)'
+"""
+
+_DDL = """
 CREATE TABLE IF NOT EXISTS dbchaos.journal (
     fault_id    uuid PRIMARY KEY,
     kind        text NOT NULL,
@@ -63,6 +69,9 @@ async def ensure(conn: psycopg.AsyncConnection[Any]) -> None:
     try:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (OWNER_LOCK_CLASS,))
+            cur = await conn.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'dbchaos'")
+            if await cur.fetchone() is None:
+                await conn.execute(_SCHEMA_DDL)
             await conn.execute(_DDL)
     except psycopg.errors.UniqueViolation:  # another instance created it at the same moment
         pass
