@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import sys
 from dataclasses import replace
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 import uvicorn
@@ -29,11 +31,65 @@ from dbchaos.targetsfile import TargetsFile, load_targets_file
 
 
 class _Terminated(Exception):
-    """SIGTERM arrived: unwind so every ``finally`` (embedded server stop) runs."""
+    """SIGTERM or SIGINT arrived outside the HTTP server's run: unwind so every ``finally``
+    (embedded server stop) runs."""
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise _Terminated()
+class _Signals:
+    """Signal policy of ``dbchaos serve``. The first SIGTERM or SIGINT stops it gracefully:
+    every fault is reverted, then it exits 0. A second one while that is still going exits
+    at once with 128 + the signal number (143 for SIGTERM, 130 for SIGINT), without waiting
+    for a revert stuck behind someone's lock: PostgreSQL's server-side timeouts end the
+    fault sessions, and the journal keeps what migration faults changed, which the next
+    dbchaos to start on that database (or ``dbchaos recover``) reverts. An embedded
+    PostgreSQL gets SIGQUIT from the kernel when dbchaos exits."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def first(self, signum: int) -> None:
+        self.stopping = True
+        _say(
+            f"dbchaos: {signal.Signals(signum).name} received: reverting every fault before exiting "
+            "(send it again to exit at once)"
+        )
+
+    def force(self, signum: int) -> NoReturn:
+        _say(
+            f"dbchaos: second {signal.Signals(signum).name}: exiting now (status {128 + signum}) without "
+            "finishing the revert; PostgreSQL's timeouts end dbchaos's sessions, and the next dbchaos started on "
+            "the target (or `dbchaos recover --target DSN`) reverts what the journal still holds"
+        )
+        os._exit(128 + signum)
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        """The handler outside uvicorn's run (start-up, embedded PostgreSQL stop)."""
+        if self.stopping:
+            self.force(signum)
+        self.first(signum)
+        raise _Terminated()
+
+
+def _say(line: str) -> None:
+    """One line on stderr from a signal handler: a raw write (no buffer, no lock to re-enter)."""
+    with contextlib.suppress(OSError):
+        os.write(2, (line + "\n").encode())
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, with :class:`_Signals` deciding what a signal does."""
+
+    def __init__(self, config: uvicorn.Config, signals: _Signals) -> None:
+        super().__init__(config)
+        self.signals = signals
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.signals.stopping:
+            self.signals.force(sig)
+        self.signals.first(sig)
+        # not super(): uvicorn would re-raise the signal once it stopped, and a second SIGINT
+        # would only skip waiting for open connections, not for the revert
+        self.should_exit = True
 
 
 def serve(
@@ -78,7 +134,8 @@ def serve(
         ),
     ] = False,
 ) -> None:
-    """Serve the dbchaos HTTP API (docs at /docs)."""
+    """Serve the dbchaos HTTP API (docs at /docs). SIGTERM or Ctrl-C reverts every fault, then exits 0;
+    a second one exits at once (status 143 / 130), leaving the rest to PostgreSQL's timeouts and the journal."""
     err = Console(stderr=True, soft_wrap=True)
     out = Console(soft_wrap=True, highlight=False)
     try:
@@ -101,7 +158,8 @@ def serve(
         err.print(f"[red]error:[/red] {escape(exc.message)}")
         raise typer.Exit(exits.USAGE) from None
 
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    signals = _Signals()
+    previous = {s: signal.signal(s, signals.handle) for s in (signal.SIGTERM, signal.SIGINT)}
     embedded: EmbeddedPostgres | None = None
     try:
         dsn = file_targets.targets[settings.target_name].dsn if file_targets else settings.target_dsn
@@ -130,7 +188,7 @@ def serve(
             if tokens
             else "auth: off (no tokens configured; loopback only)"
         )
-        asyncio.run(_serve(app, settings, dsn, out, embedded is not None))
+        asyncio.run(_serve(app, settings, dsn, out, embedded is not None, signals))
     except (KeyboardInterrupt, _Terminated):
         pass
     except errors.DbChaosError as exc:
@@ -140,7 +198,8 @@ def serve(
         if embedded is not None:
             err.print("stopping the embedded PostgreSQL …")
             embedded.stop()
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _targets_file(settings: Settings, target: str | None) -> tuple[Settings, TargetsFile | None]:
@@ -163,7 +222,7 @@ def _targets_file(settings: Settings, target: str | None) -> tuple[Settings, Tar
     return chosen, found
 
 
-async def _serve(app: object, settings: Settings, dsn: str, out: Console, embedded: bool) -> None:
+async def _serve(app: object, settings: Settings, dsn: str, out: Console, embedded: bool, signals: _Signals) -> None:
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=settings.host,
@@ -172,7 +231,7 @@ async def _serve(app: object, settings: Settings, dsn: str, out: Console, embedd
         access_log=False,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+    server = _Server(config, signals)
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
         await asyncio.sleep(0.05)
