@@ -47,6 +47,8 @@ class Settings:
     tokens_file: str | None = None
     #: append-only JSON-lines audit trail; ``None``: the last events in memory only (docs/audit.md)
     audit_log: str | None = None
+    #: URLs that get every event as a JSON POST (docs/events.md); env: space-separated
+    webhooks: tuple[str, ...] = ()
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with the given non-``None`` fields replaced (for CLI flags)."""
@@ -84,6 +86,8 @@ class Settings:
 
 def _convert(name: str, type_name: Any, raw: str) -> Any:
     kind = str(type_name)
+    if kind.startswith("tuple"):
+        return tuple(raw.split())
     try:
         if kind.startswith("int"):
             return int(raw)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from dbchaos.engine.model import FaultRecord
 from dbchaos.observe.activity import Impact
@@ -22,6 +22,24 @@ class FaultCreate(BaseModel):
         default=None, description="How long to wait for the lock (default 5; 0 = do not wait)"
     )
     labels: dict[str, str] | None = Field(default=None, description="Free-form labels: owner, reason, ticket")
+
+
+class FaultPatch(BaseModel):
+    """``PATCH /v1/faults/{id}``: move an active fault's deadline; give exactly one field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    duration_s: float | None = Field(
+        default=None, description="The fault's new duration, counted from when it became active", examples=[120]
+    )
+    extend_by_s: float | None = Field(
+        default=None, description="Seconds to add to the current deadline (negative: shorten)", examples=[60]
+    )
+    deadline: AwareDatetime | None = Field(
+        default=None,
+        description="The new deadline, an RFC 3339 time with its offset",
+        examples=["2025-01-31T12:00:00Z"],
+    )
 
 
 def rfc3339(ts: float | None) -> str | None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import httpx
 import typer
 
 from dbchaos.cli import exits
 from dbchaos.cli.common import emit_json, fail, stdout
 from dbchaos.cli.render import faults_table
+from dbchaos.client import DbChaosApiError, DbChaosClient, DbChaosUnreachable
 
 ServerOpt = Annotated[str, typer.Option("--server", help="URL of the dbchaos server.", envvar="DBCHAOS_SERVER")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
@@ -21,31 +21,20 @@ DEFAULT_SERVER = "http://127.0.0.1:8080"
 
 
 def _call(method: str, server: str, path: str, as_json: bool, token: str | None = None) -> Any:
-    url = server.rstrip("/") + path
-    headers = {"Authorization": f"Bearer {token.strip()}"} if token else {}
-    try:
-        resp = httpx.request(method, url, headers=headers, timeout=30.0)
-    except httpx.HTTPError as exc:
-        fail(
-            f"cannot reach the dbchaos server at {server}: {exc}",
-            exits.UNREACHABLE,
-            as_json=as_json,
-            error_code="server_unreachable",
-        )
-    try:
-        body = resp.json()
-    except ValueError:
-        fail(f"{server} did not answer like a dbchaos server (HTTP {resp.status_code})", exits.FAILED, as_json=as_json)
-    if resp.status_code >= 400:
-        detail = body.get("detail") if isinstance(body, dict) else str(body)
-        code = body.get("code", "error") if isinstance(body, dict) else "error"
-        status = (
-            exits.USAGE if resp.status_code == 422 else exits.UNREACHABLE if resp.status_code == 502 else exits.FAILED
-        )
-        if resp.status_code == 401:
-            detail = f"{detail}; pass --token or set DBCHAOS_TOKEN"
-        fail(f"{detail} (HTTP {resp.status_code})", status, as_json=as_json, error_code=code)
-    return body
+    """One API call through :class:`~dbchaos.client.DbChaosClient`; errors become exit codes."""
+    with DbChaosClient(server, token, timeout=30.0) as client:
+        try:
+            return client.request(method, path)
+        except DbChaosUnreachable as exc:
+            fail(exc.detail, exits.UNREACHABLE, as_json=as_json, error_code="server_unreachable")
+        except DbChaosApiError as exc:
+            if exc.code in ("not_dbchaos", "http_error"):
+                fail(
+                    f"{server} did not answer like a dbchaos server (HTTP {exc.status})", exits.FAILED, as_json=as_json
+                )
+            status = exits.USAGE if exc.status == 422 else exits.UNREACHABLE if exc.status == 502 else exits.FAILED
+            detail = f"{exc.detail}; pass --token or set DBCHAOS_TOKEN" if exc.status == 401 else exc.detail
+            fail(f"{detail} (HTTP {exc.status})", status, as_json=as_json, error_code=exc.code)
 
 
 def status(

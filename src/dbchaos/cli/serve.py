@@ -25,9 +25,11 @@ from dbchaos.cli.common import load_graphs
 from dbchaos.cli.init import opt_in_target
 from dbchaos.embedded.sample import create_sample_database
 from dbchaos.embedded.server import EmbeddedPostgres
+from dbchaos.engine.model import EndReason
 from dbchaos.settings import Settings
 from dbchaos.targets import Target, describe_dsn, mask_dsn
 from dbchaos.targetsfile import TargetsFile, load_targets_file
+from dbchaos.webhooks import check_webhook_url
 
 
 class _Terminated(Exception):
@@ -70,6 +72,14 @@ class _Signals:
         raise _Terminated()
 
 
+    webhook: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--webhook",
+            help="POST every fault (and experiment) event as JSON to this URL (repeatable; docs/events.md). "
+            "Env: DBCHAOS_WEBHOOKS (space-separated).",
+        ),
+    ] = None,
 def _say(line: str) -> None:
     """One line on stderr from a signal handler: a raw write (no buffer, no lock to re-enter)."""
     with contextlib.suppress(OSError):
@@ -89,6 +99,7 @@ class _Server(uvicorn.Server):
         self.signals.first(sig)
         # not super(): uvicorn would re-raise the signal once it stopped, and a second SIGINT
         # would only skip waiting for open connections, not for the revert
+            webhooks=tuple(webhook) if webhook else None,
         self.should_exit = True
 
 
@@ -148,6 +159,8 @@ def serve(
             audit_log=audit_log,
         )
         settings.validate()
+        for url in settings.webhooks:
+            check_webhook_url(url)
         tokens = TokenStore.load(settings.tokens_file)
         require_tokens_off_loopback(settings.host, tokens)
         settings, file_targets = _targets_file(settings.with_overrides(targets_file=targets_file), target)
@@ -233,6 +246,7 @@ async def _serve(app: object, settings: Settings, dsn: str, out: Console, embedd
     )
     server = _Server(config, signals)
     task = asyncio.create_task(server.serve())
+    streams = asyncio.create_task(_end_streams_on_exit(server, app))
     while not server.started and not task.done():
         await asyncio.sleep(0.05)
     if server.started:
@@ -245,5 +259,22 @@ async def _serve(app: object, settings: Settings, dsn: str, out: Console, embedd
         out.print("Ctrl-C stops the server" + (" and the embedded PostgreSQL" if embedded else ""))
         logging.getLogger("dbchaos").info("target %s", describe_dsn(dsn))
     await task
+    streams.cancel()
     if not server.started:
         sys.exit(exits.FAILED)
+
+
+async def _end_streams_on_exit(server: uvicorn.Server, app: object) -> None:
+    """Once the server is asked to stop, revert every fault, then end the open
+    ``/v1/events`` streams. uvicorn waits for every open response before the lifespan
+    shutdown (which would revert the faults), so an event stream must end first; reverting
+    before that lets the streams carry each fault's final ``shutdown`` event."""
+    while not server.should_exit:
+        await asyncio.sleep(0.1)
+    state = getattr(app, "state", None)
+    ctx = getattr(state, "ctx", None)
+    if ctx is not None:
+        try:
+            await ctx.engine.reset(EndReason.SHUTDOWN)
+        finally:
+            ctx.engine.events.end_streams()

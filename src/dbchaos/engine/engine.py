@@ -24,11 +24,13 @@ import psycopg
 from dbchaos import errors, optin, privileges
 from dbchaos.audit import AuditLog
 from dbchaos.engine.control import ControlChannel
+from dbchaos.engine.deadline import check_movable, held_statement_why, moved_deadline
 from dbchaos.engine.model import EndReason, FaultRecord, State
 from dbchaos.engine.pgerrors import translate
 from dbchaos.engine.recovery import recover
 from dbchaos.engine.session import Bounds, SessionFactory
 from dbchaos.engine.spares import SparePool
+from dbchaos.events import TOPIC_FAULT, EventBus, fault_data, rfc3339
 from dbchaos.faults.base import Fault, FaultEnv, FaultParams
 from dbchaos.faults.connection_exhaustion import ConnectionExhaustion
 from dbchaos.faults.migration.graph import RevisionGraph
@@ -38,6 +40,7 @@ from dbchaos.metrics import Metrics
 from dbchaos.observe.activity import Impact, impact_of
 from dbchaos.settings import Settings
 from dbchaos.targets import Target, targets_by_name
+from dbchaos.webhooks import WebhookSink
 
 _log = logging.getLogger("dbchaos.engine")
 
@@ -77,6 +80,9 @@ class _Managed:
     force_kill_after_s: float | None = None
     error: errors.DbChaosError | None = None
     task: asyncio.Task[None] | None = None
+    #: the running deadline wait, moved by ``Engine.extend``
+    timer: asyncio.Timeout | None = None
+    extending: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class _NoFault(Fault[Any]):
@@ -123,6 +129,12 @@ class Engine:
         self._recovery: asyncio.Task[None] | None = None
         self._closed = False
         self.metrics = metrics
+        #: fault state changes (topic ``fault``) for SSE streams and webhooks (docs/events.md)
+        self.events = EventBus()
+        if settings.webhooks:
+            self.events.add_sink(
+                WebhookSink(settings.webhooks, registry=metrics.registry if metrics is not None else None)
+            )
 
     # ---- targets -------------------------------------------------------------------
     def target(self, name: str | None) -> Target:
@@ -344,6 +356,7 @@ class Engine:
         m = _Managed(record, fault, sessions, channel)
         self._faults[fault_id] = m
         self._trim_history()
+        self._publish(record, "created")
         m.task = asyncio.create_task(self._run(m), name=f"fault-{fault_id}")
         self._ensure_monitor()
         if wait:
@@ -388,9 +401,10 @@ class Engine:
             rec.state = State.ACTIVE
             if self.metrics is not None:
                 self.metrics.activated(rec)
+            self._publish(rec, "active")
             m.settled.set()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, rec.deadline - time.time())):
+                async with asyncio.timeout(max(0.0, rec.deadline - time.time())) as m.timer:
                     await m.stop.wait()
             reason = m.stop_reason if m.stop.is_set() else EndReason.DEADLINE
             stopped = time.monotonic()
@@ -485,6 +499,7 @@ class Engine:
     async def _revert(self, m: _Managed, reason: EndReason) -> None:
         rec = m.record
         rec.state = State.REVERTING
+        self._publish(rec, "reverting")
         release = asyncio.create_task(m.fault.revert(m.sessions, reason))
         killed = False
         if m.force_kill_after_s is not None:
@@ -522,7 +537,11 @@ class Engine:
             rec.error = error
         if self.metrics is not None:
             self.metrics.finished(rec)
+        self._publish(rec, state.value)
         m.settled.set()
+
+    def _publish(self, rec: FaultRecord, event: str, **extra: Any) -> None:
+        self.events.publish(TOPIC_FAULT, fault_data(rec, event, **extra))
 
     # ---- control -------------------------------------------------------------------
     async def abort(
@@ -544,6 +563,53 @@ class Engine:
         if wait and m.task is not None:
             await asyncio.shield(m.task)
         return m.record
+
+    async def extend(
+        self,
+        fault_id: str,
+        *,
+        duration_s: float | None = None,
+        extend_by_s: float | None = None,
+        deadline: float | None = None,
+    ) -> FaultRecord:
+        """Move an active fault's deadline (``PATCH /v1/faults/{id}``; exactly one of:
+        ``duration_s`` counted from activation, ``extend_by_s`` added to the deadline, or an
+        absolute ``deadline``). The sessions' server-side timeouts move first, so PostgreSQL
+        never ends an extended fault early, and a shortened one is bounded as tightly as a
+        fault started that short (see :func:`dbchaos.engine.deadline.moved_deadline`)."""
+        m = self._faults.get(fault_id)
+        if m is None:
+            raise errors.NotFound(f"no fault with id {fault_id!r}", code="unknown_fault")
+        async with m.extending:
+            rec = m.record
+            check_movable(rec, stopping=m.stop.is_set())
+            target = self.target(rec.target)
+            held_statement = bool(m.sessions.busy)
+            limit = self.max_duration_s(target)
+            new = moved_deadline(
+                rec,
+                duration_s=duration_s,
+                extend_by_s=extend_by_s,
+                deadline=deadline,
+                now=time.time(),
+                max_duration_s=min(limit, m.fault.env.duration_s) if held_statement else limit,
+                why_max=held_statement_why(m.fault.env.duration_s) if held_statement else None,
+            )
+            not_moved = await m.sessions.move_bounds(new.deadline - time.time(), new.duration_s)
+            for pid, why in not_moved.items():
+                _log.warning("fault %s: could not move the timeouts of session %d: %s", rec.id, pid, why)
+            check_movable(rec, stopping=m.stop.is_set())
+            try:
+                assert m.timer is not None
+                m.timer.reschedule(asyncio.get_running_loop().time() + max(0.0, new.deadline - time.time()))
+            except RuntimeError:  # the deadline fired while the sessions were being changed
+                raise errors.Conflict(
+                    f"fault {rec.id} reached its deadline meanwhile", code="fault_not_active"
+                ) from None
+            previous = rec.deadline
+            rec.deadline, rec.duration_s = new.deadline, new.duration_s
+            self._publish(rec, "extended", previous_deadline=rfc3339(previous))
+            return rec
 
     async def reset(self, reason: EndReason = EndReason.RESET) -> list[FaultRecord]:
         """End every fault this instance owns; returns them."""
@@ -619,10 +685,12 @@ class Engine:
                 mine = self._faults[r.entry.fault_id].record
                 mine.state, mine.error = r.outcome.state, r.outcome.error
                 mine.details.update(r.outcome.details)
+                self._publish(mine, mine.state.value)
             else:
                 self._faults[rec.id] = _Managed(
                     rec, _NoFault(), SessionFactory(target, rec.id, Bounds(0, 0, 0), 0), self.channel(target)
                 )
+                self._publish(rec, rec.state.value)
             out.append(rec)
         return out
 
@@ -662,6 +730,7 @@ class Engine:
                 await asyncio.gather(task, return_exceptions=True)
         for pool in self._spares.values():
             await pool.close()
+        await self.events.close()
         for ch in self._channels.values():
             with contextlib.suppress(Exception):
                 await ch.close()

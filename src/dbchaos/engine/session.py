@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -65,6 +65,30 @@ class Bounds:
         if server_version_num >= 170000:
             opts["transaction_timeout"] = upper
         return opts
+
+    def moved(self, remaining_s: float, server_version_num: int) -> sql.Composed:
+        """The statement that re-arms a live session's timers for ``remaining_s`` more
+        seconds (plus grace), when a fault's deadline moves (``PATCH /v1/faults/{id}``).
+
+        The idle timers restart when the session goes idle after this statement, so they
+        count from now. ``transaction_timeout`` (PostgreSQL >= 17) does not: changing it from
+        one positive value to another inside a transaction leaves the running timer as it
+        was; only a change from 0 to positive starts a new one (checked on 18). So it is set
+        to 0, then to the new value, in the same statement.
+        """
+        left = _ms(remaining_s + self.grace_s)
+        values: list[tuple[str, int]] = [
+            ("idle_in_transaction_session_timeout", left),
+            ("idle_session_timeout", left),
+            ("statement_timeout", left),
+        ]
+        if server_version_num >= 170000:
+            values += [("transaction_timeout", 0), ("transaction_timeout", left)]
+        return sql.SQL("SELECT {}").format(
+            sql.SQL(", ").join(
+                sql.SQL("set_config({}, {}, false)").format(sql.Literal(k), sql.Literal(str(v))) for k, v in values
+            )
+        )
 
     def startup_options(self, server_version_num: int) -> str:
         """``-c`` options sent with the startup packet.
@@ -193,6 +217,32 @@ class SessionFactory:
         except psycopg.OperationalError as exc:
             raise TargetUnreachable(self.target.unreachable_message(exc)) from exc
         return FaultSession(conn, conn.info.backend_pid)
+
+    @property
+    def busy(self) -> list[FaultSession]:
+        """Sessions with a statement in flight (a queued LOCK): their timeouts were fixed when
+        the statement was sent, a deadline move cannot raise them."""
+        active = psycopg.pq.TransactionStatus.ACTIVE
+        return [s for s in self.sessions if not s.conn.closed and s.conn.info.transaction_status == active]
+
+    async def move_bounds(self, remaining_s: float, duration_s: float) -> dict[int, str]:
+        """Re-arm the server-side timers of every idle session for ``remaining_s`` more
+        seconds (see :meth:`Bounds.moved`); sessions in :attr:`busy` keep theirs. Returns
+        the sessions that could not be changed (pid -> why)."""
+        self.bounds = replace(self.bounds, duration_s=duration_s)
+        query = self.bounds.moved(remaining_s, self.server_version_num)
+        busy = {id(s) for s in self.busy}
+        todo = [s for s in self.sessions if id(s) not in busy and not s.conn.closed]
+
+        async def move(s: FaultSession) -> tuple[int, str | None]:
+            try:
+                await s.execute(query)
+            except psycopg.Error as exc:
+                return s.pid, f"{type(exc).__name__}: {exc}"
+            return s.pid, None
+
+        results = await asyncio.gather(*(move(s) for s in todo))
+        return {pid: why for pid, why in results if why is not None}
 
     async def discard(self, session: FaultSession) -> None:
         """Close ``session`` and forget it (a fault that holds nothing while active)."""

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from dbchaos import errors
 from dbchaos.api.context import AppContext, get_context
 from dbchaos.api.errors import error_response, status_for
-from dbchaos.api.schemas import FaultCreate, fault_view
+from dbchaos.api.schemas import FaultCreate, FaultPatch, fault_view
 from dbchaos.engine.engine import FaultRequest
 
 router = APIRouter(prefix="/v1")
@@ -60,6 +60,21 @@ async def get_fault(fault_id: str, ctx: Ctx) -> dict[str, Any]:
     if drift:
         view["drift"] = drift  # the team changed the state dbchaos set; revert will keep theirs
     return view
+
+
+@router.patch("/faults/{fault_id}", summary="Extend or shorten an active fault")
+async def patch_fault(fault_id: str, body: FaultPatch, ctx: Ctx) -> dict[str, Any]:
+    """Moves the deadline of an active fault, and the server-side timeouts of its sessions
+    with it (docs/events.md). 422 beyond the maximum (the answer says it), 409 if the fault
+    is not active."""
+    rec = await ctx.engine.extend(
+        fault_id,
+        duration_s=body.duration_s,
+        extend_by_s=body.extend_by_s,
+        deadline=body.deadline.timestamp() if body.deadline is not None else None,
+    )
+    impacts = await ctx.engine.impacts([rec])
+    return fault_view(rec, impacts.get(rec.id))
 
 
 @router.delete("/faults/{fault_id}", summary="Revert a fault now")
