@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dbchaos.cli import init, inject, kinds, lab, migrations, recover, remote, serve, tokens
+from dbchaos.cli import init, inject, kinds, lab, migrations, recover, remote, report, run, serve, tokens
 
 app = typer.Typer(
     name="dbchaos",
@@ -21,6 +21,8 @@ app.command("status")(remote.status)
 app.command("abort")(remote.abort)
 app.command("reset")(remote.reset)
 app.command("recover")(recover.recover)
+app.command("run")(run.run)
+app.command("report")(report.report)
 app.command("init")(init.init)
 app.add_typer(migrations.app, name="migrations")
 app.add_typer(tokens.app, name="token")

@@ -143,8 +143,14 @@ class ExperimentRunner:
             _log.exception("progress callback failed (ignored)")
 
     # ------------------------------------------------------------------ run
+    async def preflight(self) -> None:
+        """Refuse before anything starts where no fault could run (a target that has not opted in)."""
+        await self.engine.require_opt_in(self.target, self.engine.channel(self.target))
+
     async def run(self) -> RunJournal:
+        """Run the experiment and return its journal (also written where the file says)."""
         exp = self.experiment
+        await self.preflight()
         probes: list[Probe] = [p.build(self.target.dsn) for p in exp.probes]
         observer = Observer(
             self.target,
