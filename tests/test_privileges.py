@@ -361,3 +361,37 @@ def test_lock_and_row_lock_rules_match_this_postgresql(pg: PgServer, db: str) ->
                 conn.rollback()
     finally:
         drop_roles(pg.admin_dsn, db, role)
+
+
+@pytest.mark.serial
+def test_connection_exhaustion_keeps_leave_free_without_pg_read_all_stats(
+    pg: PgServer, alembic_db: str, select_only: tuple[str, str]
+) -> None:
+    """Other roles' sessions look like nothing much to a role without pg_read_all_stats
+    (backend_type is null); connection-exhaustion still counts them, so ``leave`` holds."""
+    _, dsn = select_only
+    others = [psycopg.connect(alembic_db, application_name="app-pool") for _ in range(10)]
+
+    def ordinary_free() -> int:
+        row = query(
+            alembic_db,
+            "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int"
+            " - coalesce(current_setting('reserved_connections', true)::int, 0)"
+            " - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int",
+        )
+        return int(row[0][0]) + 1  # this query's own session
+
+    async def scenario() -> None:
+        async with running_engine(dsn) as engine:
+            rec = await engine.create(FaultRequest("connection-exhaustion", {"leave": 3}, duration_s=30))
+            assert rec.state is State.ACTIVE, rec.error
+            assert rec.details["free_ordinary_after"] == 3
+            # at least 3 really free; one more where it counted the logical replication launcher
+            assert ordinary_free() in (3, 4)
+            await engine.abort(rec.id)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for conn in others:
+            conn.close()

@@ -92,8 +92,9 @@ STATS_DEGRADED = (
     "cannot trip on them (GRANT pg_read_all_stats TO {role})"
 )
 SLOTS_DEGRADED = (
-    "without pg_read_all_stats other roles' sessions are invisible, so dbchaos overestimates the free "
-    "connection slots: 'leave' then fails with 53300 once it meets the real limit (GRANT pg_read_all_stats TO {role})"
+    "without pg_read_all_stats other roles' sessions show no backend type, so connection-exhaustion counts every "
+    "session with a user as a used slot (the logical replication launcher and parallel workers too): it may leave "
+    "a slot or two more free than asked (GRANT pg_read_all_stats TO {role})"
 )
 
 

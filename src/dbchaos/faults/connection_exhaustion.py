@@ -37,14 +37,20 @@ BATCH_SIZE = 20
 #: File descriptors left to the rest of the dbchaos process.
 FD_MARGIN = 100
 
-_SLOTS_SQL = """
+# Client backends. To a role without pg_read_all_stats, other roles' sessions show
+# backend_type NULL (only pid and user are visible): count every such row with a user too, an
+# overestimate (the logical replication launcher, parallel workers) rather than a miss that
+# would take the slots ``leave`` and ``connection_reserve`` keep free (docs/least-privilege.md).
+_CLIENT = "(backend_type = 'client backend' OR (backend_type IS NULL AND usesysid IS NOT NULL))"
+
+_SLOTS_SQL = f"""
 SELECT current_setting('max_connections')::int,
        current_setting('superuser_reserved_connections')::int,
        coalesce(current_setting('reserved_connections', true)::int, 0),
-       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int
+       (SELECT count(*) FROM pg_stat_activity WHERE {_CLIENT})::int
 """
 
-_IN_USE_SQL = "SELECT count(*)::int FROM pg_stat_activity WHERE backend_type = 'client backend'"
+_IN_USE_SQL = f"SELECT count(*)::int FROM pg_stat_activity WHERE {_CLIENT}"
 
 
 class ConnectionExhaustionParams(FaultParams):
