@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -31,7 +32,12 @@ from dbchaos.engine.spares import SparePool
 from dbchaos.errors import TargetUnreachable
 from dbchaos.targets import Target, parse_dsn
 
+T = TypeVar("T")
+
 CONNECTION_CHECK_INTERVAL_MS = 500
+#: how long a revert waits for a fault session to answer (its ROLLBACK, an unlock) before it
+#: gives the session up as lost: only a cut network or a frozen backend takes this long
+RELEASE_TIMEOUT_S = 5.0
 
 
 def _ms(seconds: float) -> int:
@@ -108,19 +114,46 @@ class FaultSession:
     pid: int
     alive: bool = True
 
-    async def execute(self, query: sql.Composable | str, params: Any = None) -> psycopg.AsyncCursor[Any]:
-        return await self.conn.execute(query, params)  # type: ignore[arg-type]
+    async def execute(
+        self, query: sql.Composable | str, params: Any = None, *, timeout_s: float | None = None
+    ) -> psycopg.AsyncCursor[Any]:
+        """Run one statement. With ``timeout_s`` (reverts: :data:`RELEASE_TIMEOUT_S`), a session
+        that does not answer in time is closed and given up (``OperationalError``)."""
+        if timeout_s is None:
+            return await self.conn.execute(query, params)  # type: ignore[arg-type]
+        try:
+            return await within(timeout_s, self.conn.execute(query, params))  # type: ignore[arg-type]
+        except TimeoutError:
+            self.alive = False
+            with contextlib.suppress(Exception):
+                await self.conn.close()
+            raise psycopg.OperationalError(f"the session did not answer within {timeout_s:g} s") from None
+
+    @contextlib.asynccontextmanager
+    async def pipeline(self) -> AsyncIterator[None]:
+        """``conn.pipeline()`` for a session that stays idle afterwards: the server-side idle
+        timers must still end it.
+
+        psycopg ends a pipeline with Sync, then Flush. PostgreSQL arms
+        ``idle_in_transaction_session_timeout`` and ``idle_session_timeout`` when it answers
+        the Sync, disarms them when the next message (that Flush) arrives, and does not arm
+        them again until another Sync or simple query: a session left idle after a pipeline
+        never times out (checked on 15 and 18; on >= 17 ``transaction_timeout`` still ends
+        it, at acquire + duration + grace). One more simple statement re-arms them.
+        """
+        async with self.conn.pipeline():
+            yield
+        await self.execute("SELECT")
 
     async def release(self) -> bool:
-        """Roll back and close. Returns False if the session had already gone away."""
+        """Roll back and close. Returns False if the session had already gone away, or did
+        not answer within :data:`RELEASE_TIMEOUT_S` (the network to the target is cut, or the
+        backend is frozen: PostgreSQL's own timers end it)."""
         if self.conn.closed:
             return self.alive
         try:
-            if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                if self.conn.info.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
-                    await self.conn.cancel_safe(timeout=2.0)
-                await self.conn.execute("ROLLBACK")
-        except psycopg.OperationalError:
+            await within(RELEASE_TIMEOUT_S, self._rollback())
+        except (psycopg.OperationalError, TimeoutError):
             self.alive = False
         except psycopg.Error:
             pass
@@ -128,6 +161,39 @@ class FaultSession:
             with contextlib.suppress(Exception):
                 await self.conn.close()
         return self.alive
+
+    async def _rollback(self) -> None:
+        status = self.conn.info.transaction_status
+        if status != psycopg.pq.TransactionStatus.IDLE:
+            if status == psycopg.pq.TransactionStatus.ACTIVE:
+                await self.conn.cancel_safe(timeout=2.0)
+            await self.conn.execute("ROLLBACK")
+
+
+async def within(timeout_s: float, aw: Awaitable[T]) -> T:
+    """``aw``'s result, or ``TimeoutError`` once ``timeout_s`` has passed.
+
+    A statement cancelled on the client makes psycopg send PostgreSQL a cancel request and
+    wait for the statement to end (up to 5 + 5 s), over the same silent network; cancelled a
+    second time meanwhile, psycopg closes the connection at once (``AsyncConnection.wait``).
+    So a statement that does not answer in time is cancelled twice.
+    """
+    task = asyncio.ensure_future(aw)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        if task in done:
+            return task.result()
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=0.1)
+        if not done:
+            task.cancel()
+            await asyncio.wait({task}, timeout=11.0)
+        raise TimeoutError(f"no answer within {timeout_s:g} s")
+    finally:
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled():
+            task.exception()  # retrieved: never "exception was never retrieved"
 
 
 @dataclass

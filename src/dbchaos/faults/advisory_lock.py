@@ -19,7 +19,7 @@ from psycopg import sql
 from pydantic import BeforeValidator, Field
 
 from dbchaos.engine.model import EndReason
-from dbchaos.engine.session import SessionFactory
+from dbchaos.engine.session import RELEASE_TIMEOUT_S, SessionFactory
 from dbchaos.errors import InvalidInput
 from dbchaos.faults.base import Fault, FaultParams, RevertOutcome
 
@@ -159,7 +159,7 @@ class AdvisoryLock(Fault[AdvisoryLockParams]):
         for s in sessions.sessions:
             if s.alive and not s.conn.closed:
                 try:
-                    await s.execute("SELECT pg_advisory_unlock_all()")
+                    await s.execute("SELECT pg_advisory_unlock_all()", timeout_s=RELEASE_TIMEOUT_S)
                 except psycopg.OperationalError:
                     s.alive = False  # PostgreSQL had already ended it (and released the keys)
                 except psycopg.Error:

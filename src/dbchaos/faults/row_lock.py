@@ -287,7 +287,7 @@ class RowLock(Fault[RowLockParams]):
         # Bound parameters need the extended protocol (one statement per string): BEGIN, the
         # lock and the sample go out together in one pipeline (one round trip).
         params = self._where_params()
-        async with session.conn.pipeline():
+        async with session.pipeline():
             await session.execute("BEGIN")
             cur = await session.execute(self.lock_statement(), [*params, self.params.limit])
             sample_cur = await session.conn.execute(self.sample_statement(), params)
