@@ -14,6 +14,9 @@ round trip**: a single prepared statement that returns one JSON object with
 * the increase of the database's ``pg_stat_database`` counters (commits, rollbacks,
   deadlocks, conflicts, temp files/bytes) since the previous sample.
 
+It reads ``pg_stat_get_activity(NULL)`` (the documented function behind ``pg_stat_activity``,
+without the view's joins: half the server CPU per sample with 500 sessions, see
+``docs/benchmarks.md``) and calls ``pg_blocking_pids`` only for sessions that wait on a lock.
 The observer's own session is left out of every figure (it still occupies one slot: see
 ``Connections.available``). It runs on its own connection, tagged
 ``application_name = 'dbchaos:<instance>:observer'``, read-only, with its own
@@ -72,14 +75,14 @@ COUNTERS = ("xact_commit", "xact_rollback", "deadlocks", "conflicts", "temp_file
 
 SAMPLE_SQL = """
 WITH act AS MATERIALIZED (
-    SELECT a.pid, a.datname, a.usename, a.application_name, a.state, a.wait_event_type, a.wait_event,
-           a.xact_start, a.state_change, left(a.query, %(qlimit)s) AS query, a.backend_xmin
-    FROM pg_stat_activity a
+    SELECT a.pid, a.datid, a.usesysid, a.application_name, a.state, a.wait_event_type, a.wait_event,
+           a.xact_start, a.state_change, a.query
+    FROM pg_stat_get_activity(NULL) a
     WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid()
 ), here AS MATERIALIZED (
-    SELECT * FROM act WHERE datname = current_database()
+    SELECT * FROM act WHERE datid = (SELECT oid FROM pg_database WHERE datname = current_database())
 ), waiting AS MATERIALIZED (
-    SELECT h.pid, pg_blocking_pids(h.pid) AS blocked_by FROM here h WHERE h.wait_event_type = 'Lock'
+    SELECT h.*, pg_blocking_pids(h.pid) AS blocked_by FROM here h WHERE h.wait_event_type = 'Lock'
 ), awaited AS MATERIALIZED (
     SELECT DISTINCT ON (l.pid) l.pid, l.locktype, l.mode, l.waitstart,
            CASE WHEN l.relation IS NOT NULL THEN coalesce(
@@ -88,6 +91,16 @@ WITH act AS MATERIALIZED (
     FROM pg_locks l
     WHERE NOT l.granted AND l.pid IN (SELECT pid FROM waiting)
     ORDER BY l.pid, l.waitstart
+), lock_sessions AS (
+    SELECT w.pid, w.usesysid, w.application_name, w.state, w.query, w.wait_event_type, w.wait_event,
+           w.state_change, w.xact_start, w.blocked_by, aw.locktype, aw.mode, aw.relation,
+           coalesce(aw.waitstart, w.state_change) AS wait_start
+    FROM waiting w LEFT JOIN awaited aw ON aw.pid = w.pid
+    UNION ALL
+    SELECT h.pid, h.usesysid, h.application_name, h.state, h.query, h.wait_event_type, h.wait_event,
+           h.state_change, h.xact_start, NULL, NULL, NULL, NULL, NULL
+    FROM here h
+    WHERE h.pid IN (SELECT unnest(blocked_by) FROM waiting) AND h.pid NOT IN (SELECT pid FROM waiting)
 )
 SELECT json_build_object(
     'by_state', (SELECT coalesce(json_object_agg(s, n), '{}'::json)
@@ -107,16 +120,16 @@ SELECT json_build_object(
         'reserved', coalesce(current_setting('reserved_connections', true)::int, 0)),
     'lock_sessions', CASE WHEN EXISTS (SELECT 1 FROM waiting) THEN (
         SELECT json_agg(json_build_object(
-            'pid', h.pid, 'user', h.usename, 'application_name', h.application_name, 'state', h.state,
-            'query', h.query, 'wait_event_type', h.wait_event_type, 'wait_event', h.wait_event,
-            'state_age_s', greatest(0, extract(epoch FROM statement_timestamp() - h.state_change)::float8),
-            'xact_age_s', greatest(0, extract(epoch FROM statement_timestamp() - h.xact_start)::float8),
-            'blocked_by', w.blocked_by,
-            'wait_s', CASE WHEN w.pid IS NOT NULL THEN greatest(0, extract(epoch FROM
-                statement_timestamp() - coalesce(aw.waitstart, h.state_change))::float8) END,
-            'locktype', aw.locktype, 'mode', aw.mode, 'relation', aw.relation))
-        FROM here h LEFT JOIN waiting w ON w.pid = h.pid LEFT JOIN awaited aw ON aw.pid = h.pid
-        WHERE w.pid IS NOT NULL OR h.pid IN (SELECT unnest(blocked_by) FROM waiting)) END,
+            'pid', s.pid, 'user', pg_get_userbyid(s.usesysid), 'application_name', s.application_name,
+            'state', s.state, 'query', left(s.query, %(qlimit)s), 'wait_event_type', s.wait_event_type,
+            'wait_event', s.wait_event,
+            'state_age_s', greatest(0, extract(epoch FROM statement_timestamp() - s.state_change)::float8),
+            'xact_age_s', greatest(0, extract(epoch FROM statement_timestamp() - s.xact_start)::float8),
+            'blocked_by', s.blocked_by,
+            'wait_s', CASE WHEN s.blocked_by IS NOT NULL
+                THEN greatest(0, extract(epoch FROM statement_timestamp() - s.wait_start)::float8) END,
+            'locktype', s.locktype, 'mode', s.mode, 'relation', s.relation))
+        FROM lock_sessions s) END,
     'counters', (SELECT json_build_object(
             'xact_commit', d.xact_commit, 'xact_rollback', d.xact_rollback, 'deadlocks', d.deadlocks,
             'conflicts', d.conflicts, 'temp_files', d.temp_files, 'temp_bytes', d.temp_bytes,
