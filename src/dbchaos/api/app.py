@@ -13,7 +13,7 @@ from dbchaos.api.auth import BearerAuth, TokenStore, require_tokens_off_loopback
 from dbchaos.api.context import AppContext
 from dbchaos.api.errors import install_error_handlers
 from dbchaos.api.guard import HostOriginGuard, allowed_hosts_for
-from dbchaos.api.routes import compat_locks, compat_migrations, events, faults, health, migrations
+from dbchaos.api.routes import compat_locks, compat_migrations, events, experiments, faults, health, migrations
 from dbchaos.audit import DEFAULT_MEMORY, AuditLog, RequestAudit
 from dbchaos.engine.engine import Engine
 from dbchaos.faults.migration.graph import RevisionGraph
@@ -47,12 +47,15 @@ def create_app(
     engine = Engine(settings, targets, registry or default_registry(), graphs=graphs, metrics=metrics, audit=audit)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(the_app: FastAPI) -> AsyncIterator[None]:
         if recover_on_start:
             engine.start_recovery()
         try:
             yield
         finally:
+            manager = getattr(the_app.state, "experiments", None)
+            if manager is not None:
+                await manager.close()
             await engine.close()
             audit.close()
 
@@ -70,6 +73,7 @@ def create_app(
     app.include_router(compat_migrations.router)
     app.include_router(migrations.router)
     app.include_router(events.router)
+    app.include_router(experiments.router)
 
     @app.get("/v1/audit", summary="Recent audit events: state-changing requests and statements (docs/audit.md)")
     async def audit_events(
