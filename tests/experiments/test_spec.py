@@ -370,3 +370,13 @@ def test_a_file_that_cannot_be_read(tmp_path: Path) -> None:
     with pytest.raises(ExperimentFileError) as info:
         validate_experiment(p)
     assert info.value.line == 2 and "not UTF-8" in info.value.message
+
+
+def test_params_are_checked_even_when_other_keys_of_the_fault_are_wrong(tmp_path: Path) -> None:
+    text = GOOD.replace("mode: ACCESS EXCLUSIVE", "mode: ACCESS EXCLUSIV").replace("duration: 10s", "durration: 10s")
+    e = error(tmp_path, text)
+    assert [(p.line, p.field) for p in e.problems] == [
+        (line_of(text, "- kind: table-lock"), "method.0.duration"),
+        (line_of(text, "ACCESS EXCLUSIV"), "method.0.params.mode"),
+        (line_of(text, "durration"), "method.0.durration"),
+    ]

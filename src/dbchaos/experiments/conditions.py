@@ -26,8 +26,8 @@ metric                      what                                value
 ``longest_wait``             the longest current lock wait       duration
 ``idle_in_transaction``      idle-in-transaction sessions        count
 ``oldest_idle_transaction``  the oldest of their transactions    duration
-``connections``              connection slots in use             count, or ``N%`` of the
-                                                                 slots ordinary roles get
+``connections``              connection slots in use (cluster)   count, or ``N%`` of
+                                                                 ``max_connections``
 ``deadlocks``, ``rollbacks`` increase of the database counters   count
 ==========================  ==================================  ========================
 

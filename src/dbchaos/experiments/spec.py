@@ -747,6 +747,11 @@ class _Validator:
             path: PathT = ("method", i)
             m = self.c.model(_Fault, item, path)
             if m is None:
+                # the kind and its params are still worth checking: report everything at once
+                if isinstance(item, dict) and isinstance(item.get("kind"), str):
+                    params = item.get("params", {})
+                    if isinstance(params, dict):
+                        self._fault_params(item["kind"], params, path)
                 continue
             if m.duration > self.max_duration_s:
                 self.c.add(
@@ -754,14 +759,7 @@ class _Validator:
                     f"{_display((*path, 'duration'))}: at most {self.max_duration_s:g} s (the server's maximum)",
                 )
                 continue
-            try:
-                self.registry.build(m.kind, m.params)
-            except InvalidInput as exc:
-                where = (*path, *_field_path(exc.field or "kind"))
-                message = exc.message
-                if exc.field and message.startswith(exc.field + ":"):
-                    message = message[len(exc.field) + 1 :].strip()
-                self.c.add(where, f"{_display(where)}: {message}")
+            if not self._fault_params(m.kind, m.params, path):
                 continue
             out.append(
                 FaultStep(
@@ -785,6 +783,19 @@ class _Validator:
                 )
             first.setdefault(s.name, s.index)
         return tuple(out)
+
+    def _fault_params(self, kind: str, params: dict[str, Any], path: PathT) -> bool:
+        """Check ``kind`` and its ``params`` with the kind's own model; False (recorded) if wrong."""
+        try:
+            self.registry.build(kind, params)
+        except InvalidInput as exc:
+            where = (*path, *_field_path(exc.field or "kind"))
+            message = exc.message
+            if exc.field and message.startswith(exc.field + ":"):
+                message = message[len(exc.field) + 1 :].strip()
+            self.c.add(where, f"{_display(where)}: {message}")
+            return False
+        return True
 
     def _condition(
         self, items: list[Any], i: int, section: str, model: type[_Tolerance] | type[_Halt]
