@@ -50,7 +50,8 @@ def _fingerprint(dsn: str, oid: int) -> dict[str, Any]:
     return asyncio.run(read())
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+# SIGINT takes the same path (status 130); it runs with the drills to keep the fast suite short
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.drill)])
 def test_a_second_signal_exits_at_once_and_the_next_start_recovers(
     alembic_db: str, tmp_path: Path, signum: int
 ) -> None:
