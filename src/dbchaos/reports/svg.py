@@ -91,7 +91,8 @@ def chart(
         elif pts:
             d = " ".join(f"{'M' if i == 0 else 'L'}{sx(px):.1f},{sy(py):.1f}" for i, (px, py) in enumerate(pts))
             out.append(f'<path d="{d}" fill="none" stroke="{s.color}" stroke-width="2"/>')
-    lx = LEFT + 220
+    # legend: right-aligned on the title's line, clear of the title
+    lx = WIDTH - RIGHT - sum(24 + 7 * len(s.label) for s in series)
     for s in series:
         out.append(f'<rect x="{lx}" y="7" width="10" height="10" fill="{s.color}"/>')
         out.append(f'<text x="{lx + 14}" y="16" class="lg">{escape(s.label)}</text>')
