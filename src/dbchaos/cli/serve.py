@@ -72,14 +72,6 @@ class _Signals:
         raise _Terminated()
 
 
-    webhook: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--webhook",
-            help="POST every fault (and experiment) event as JSON to this URL (repeatable; docs/events.md). "
-            "Env: DBCHAOS_WEBHOOKS (space-separated).",
-        ),
-    ] = None,
 def _say(line: str) -> None:
     """One line on stderr from a signal handler: a raw write (no buffer, no lock to re-enter)."""
     with contextlib.suppress(OSError):
@@ -99,7 +91,6 @@ class _Server(uvicorn.Server):
         self.signals.first(sig)
         # not super(): uvicorn would re-raise the signal once it stopped, and a second SIGINT
         # would only skip waiting for open connections, not for the revert
-            webhooks=tuple(webhook) if webhook else None,
         self.should_exit = True
 
 
@@ -137,6 +128,14 @@ def serve(
             "by name. Env: DBCHAOS_TARGETS_FILE.",
         ),
     ] = None,
+    webhook: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--webhook",
+            help="POST every fault (and experiment) event as JSON to this URL (repeatable; docs/events.md). "
+            "Env: DBCHAOS_WEBHOOKS (space-separated).",
+        ),
+    ] = None,
     dangerously_skip_opt_in: Annotated[
         bool,
         typer.Option(
@@ -157,6 +156,7 @@ def serve(
             alembic_ini=alembic_ini,
             tokens_file=tokens_file,
             audit_log=audit_log,
+            webhooks=tuple(webhook) if webhook else None,
         )
         settings.validate()
         for url in settings.webhooks:
