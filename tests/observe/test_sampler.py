@@ -117,33 +117,35 @@ def test_idle_in_transaction_count_and_age_grow(db: str) -> None:
 def test_connection_counts_match_pg_stat_activity_without_the_observer(db: str) -> None:
     async def scenario() -> None:
         extra = [await connect(db, f"extra{i}") for i in range(3)]
+        checker = await connect(db, "checker")  # one connection: no backend of ours comes or goes meanwhile
         try:
             async with observer(db) as obs:
                 own = obs.backend_pid
 
-                def expected() -> tuple[int, int]:
-                    # counted from a connection of its own: leave that and the observer out
-                    rows = query(
-                        db,
+                async def expected() -> tuple[int, int]:
+                    # what a user counts in pg_stat_activity, leaving out the observer
+                    cur = await checker.execute(
                         "SELECT count(*), count(*) FILTER (WHERE datname = current_database())"
-                        " FROM pg_stat_activity WHERE backend_type = 'client backend'"
-                        " AND pid <> pg_backend_pid() AND pid <> %s",
+                        " FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> %s",
                         (own,),
                     )
-                    return int(rows[0][0]), int(rows[0][1])
+                    row = await cur.fetchone()
+                    assert row is not None
+                    return int(row[0]), int(row[1])
 
-                for _ in range(20):  # a closing backend elsewhere may change the count in between
-                    want_before = await asyncio.to_thread(expected)
+                for _ in range(20):  # a backend of an earlier test may still be exiting: retry until stable
+                    want_before = await expected()
                     s = await obs.sample()
-                    want_after = await asyncio.to_thread(expected)
+                    want_after = await expected()
                     assert s.observation is not None
                     c = s.observation.connections
                     if want_before == want_after:
                         break
+                    await asyncio.sleep(0.05)
                 o = s.observation
                 assert o is not None
                 assert (c.used, c.database) == want_after
-                assert c.database >= 3 and o.sessions == c.database
+                assert c.database >= 4 and o.sessions == c.database
                 assert own not in {w.pid for w in o.waiting}
                 settings = query(
                     db,
@@ -153,7 +155,7 @@ def test_connection_counts_match_pg_stat_activity_without_the_observer(db: str) 
                 assert (c.max, c.superuser_reserved) == settings
                 assert c.available == c.max - c.superuser_reserved - c.reserved - c.used - 1
         finally:
-            for conn in extra:
+            for conn in [*extra, checker]:
                 await conn.close()
 
     asyncio.run(scenario())
