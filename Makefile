@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test test-all drills lint bench clean
+.PHONY: serve lab test test-all drills browser lint bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "dbchaos needs Python >= 3.11")'
@@ -17,14 +17,22 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/dbchaos serve
 
-## The fast suite: everything but drills, on real PostgreSQL (embedded 18 and Debian's 15 if present).
-## Two workers, each with PostgreSQL servers of its own.
+## The chaos lab: embedded PostgreSQL, a demo shop under traffic, and a dashboard (http://127.0.0.1:8080/lab/).
+lab: $(STAMP)
+	$(BIN)/dbchaos lab
+
+## The fast suite: everything but drills and browser tests, on real PostgreSQL (embedded 18 and
+## Debian's 15 if present). Two workers, each with PostgreSQL servers of its own.
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not drill" -q -n 2
+	$(BIN)/python -m pytest -m "not drill and not browser" -q -n 2
 
 ## The slow crash drills only.
 drills: $(STAMP)
 	$(BIN)/python -m pytest -m drill -q -n 2
+
+## The lab dashboard in Debian's headless Chromium (screenshots in test-artifacts/lab/).
+browser: $(STAMP)
+	$(BIN)/python -m pytest -m browser -q
 
 ## Everything, drills included.
 test-all: $(STAMP)

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import httpx
 import psycopg
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from dbchaos import errors
@@ -32,6 +32,8 @@ router = APIRouter(prefix="/lab/api", tags=["lab"])
 LabDep = Annotated[Lab, Depends(get_lab)]
 Ctx = Annotated[AppContext, Depends(get_context)]
 DEMO_ADMIN_TIMEOUT_S = 10.0
+#: the experiments API of issue 7, listed in the dashboard once the server has it
+EXPERIMENTS_PATH = "/v1/experiments"
 
 
 class ConfigIn(BaseModel):
@@ -71,6 +73,14 @@ def fault_windows(ctx: AppContext, since: float | None = None) -> list[dict[str,
 @router.get("/scenarios", summary="The scenario catalogue, grouped")
 async def scenarios() -> dict[str, Any]:
     return catalogue()
+
+
+@router.get("/runs", summary="Whether this server runs experiments (and where their list is)")
+async def runs(request: Request) -> dict[str, Any]:
+    """The dashboard's runs-and-reports section asks here first, so a server without
+    experiments is a plain answer rather than a failed request."""
+    paths = {getattr(r, "path", None) for r in request.app.routes}
+    return {"available": EXPERIMENTS_PATH in paths, "path": EXPERIMENTS_PATH}
 
 
 @router.get("/status", summary="The lab: its database, demo shop and traffic")

@@ -31,6 +31,8 @@ class Bucket:
     latencies: list[float] = field(default_factory=list)
     #: error kinds: ``pool_timeout``, ``sqlstate_55P03``, ``http_500``, ``timeout``, ``connect``...
     error_kinds: Counter[str] = field(default_factory=Counter)
+    #: error kind -> the first message seen for it this second (e.g. the QueuePool text)
+    error_details: dict[str, str] = field(default_factory=dict)
     #: endpoint -> [requests, errors]
     endpoints: dict[str, list[int]] = field(default_factory=dict)
     #: requests sent but not finished, sampled during this second
@@ -55,6 +57,7 @@ class Bucket:
             "p99_ms": _ms(percentile(lat, 99)),
             "max_ms": _ms(lat[-1] if lat else None),
             "error_kinds": dict(self.error_kinds),
+            "error_details": dict(self.error_details),
             "endpoints": {k: {"requests": v[0], "errors": v[1]} for k, v in self.endpoints.items()},
             "in_flight": self.in_flight,
             "blocked": self.blocked,
@@ -109,6 +112,7 @@ class Series:
         latency_s: float,
         *,
         error_kind: str | None,
+        detail: str | None = None,
         timed_out: bool = False,
         at: float | None = None,
     ) -> None:
@@ -123,6 +127,8 @@ class Series:
         b.errors += 1
         counts[1] += 1
         b.error_kinds[error_kind] += 1
+        if detail and error_kind not in b.error_details:
+            b.error_details[error_kind] = detail[:300]
         if timed_out:
             b.timeouts += 1
 

@@ -59,18 +59,21 @@ def next_call(rng: random.Random) -> Call:
     return Call("GET /customers/{id}/orders", "GET", f"/customers/{rng.randint(1, CUSTOMERS)}/orders")
 
 
-def classify(response: httpx.Response) -> str | None:
-    """``None`` for a success (anything below 500), else the error's kind."""
+def classify(response: httpx.Response) -> tuple[str | None, str | None]:
+    """``(None, None)`` for a success (anything below 500), else the error's kind and the
+    service's message (``pool_timeout`` with "QueuePool limit of size 5 overflow 10 reached...",
+    ``sqlstate_55P03`` with "canceling statement due to lock timeout"...)."""
     if response.status_code < 500:
-        return None
-    kind = f"http_{response.status_code}"
+        return None, None
+    kind, detail = f"http_{response.status_code}", None
     with contextlib.suppress(ValueError, AttributeError, TypeError):
         body = response.json()
+        detail = str(body.get("detail") or "") or None
         if body.get("error") == "pool_timeout":
-            return "pool_timeout"
-        if body.get("sqlstate"):
-            return f"sqlstate_{body['sqlstate']}"
-    return kind
+            kind = "pool_timeout"
+        elif body.get("sqlstate"):
+            kind = f"sqlstate_{body['sqlstate']}"
+    return kind, detail
 
 
 class Traffic:
@@ -136,16 +139,19 @@ class Traffic:
         self.sent += 1
         started = time.monotonic()
         error: str | None
+        detail: str | None = None
         timed_out = False
         try:
             response = await client.request(
                 call.method, self._base_url() + call.path, json=call.json, headers=call.headers
             )
-            error = classify(response)
+            error, detail = classify(response)
         except httpx.TimeoutException:
             error, timed_out = "timeout", True
-        except httpx.TransportError:
-            error = "connect"
+            detail = f"no answer within {self.timeout_s:g} s"
+        except httpx.TransportError as exc:
+            error, detail = "connect", f"{type(exc).__name__}: {exc}"
         finally:
             self.in_flight -= 1
-        self.series.record_request(call.endpoint, time.monotonic() - started, error_kind=error, timed_out=timed_out)
+        latency = time.monotonic() - started
+        self.series.record_request(call.endpoint, latency, error_kind=error, detail=detail, timed_out=timed_out)

@@ -1,0 +1,87 @@
+"""Acceptance 2: the dashboard in real headless Chromium (Debian's), against a real
+``dbchaos lab``: start a table lock from the UI, see blocked sessions and the error rate
+rise on the charts, stop it, see recovery. Screenshots go to test-artifacts/lab/."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.lab.browser import artifacts_dir, chromium, click, console_errors, shot, skip_without_chromium, until
+from tests.lab.lab_proc import LabProcess, dbchaos_lab, private_tmp
+
+pytestmark = [pytest.mark.browser, skip_without_chromium()]
+By = pytest.importorskip(
+    "selenium.webdriver.common.by", reason="selenium is not installed (pip install -e '.[dev]')"
+).By
+
+
+@pytest.fixture
+def lab() -> Iterator[LabProcess]:
+    # a short pool timeout so the naive shop's QueuePool errors show within a short fault
+    with private_tmp() as tmp, dbchaos_lab(tmp, "--pool-timeout", "3") as running:
+        yield running
+
+
+@pytest.fixture
+def driver() -> Iterator[Any]:
+    with chromium() as d:
+        yield d
+
+
+def live(driver: Any, key: str) -> str:
+    return str(driver.find_element(By.ID, "live").get_attribute(f"data-{key}") or "")
+
+
+def number(driver: Any, key: str) -> float:
+    value = live(driver, key)
+    return float(value) if value else 0.0
+
+
+def test_a_table_lock_from_the_dashboard_shows_on_the_charts_and_recovers(lab: LabProcess, driver: Any) -> None:
+    out = artifacts_dir("table-lock")
+    driver.get(lab.dashboard)
+    assert driver.title == "dbchaos lab"
+    until(lambda: number(driver, "throughput") >= 5, 20, "traffic on the charts")
+    until(lambda: driver.find_element(By.ID, "start-table-lock").is_displayed(), 10, "the scenario form")
+    assert driver.find_element(By.ID, "f-table-lock-tables").get_attribute("value") == "items"
+    assert driver.find_element(By.ID, "f-table-lock-mode").get_attribute("value") == "ACCESS EXCLUSIVE"
+    shot(driver, out, "01-before", "live")
+
+    duration = driver.find_element(By.ID, "f-table-lock-duration")
+    duration.clear()
+    duration.send_keys("20")
+    driver.find_element(By.ID, "start-table-lock").click()
+    until(lambda: "is active" in driver.find_element(By.ID, "result-table-lock").text, 15, "the fault to be active")
+
+    # blocked sessions and the error rate rise on the charts (values the dashboard exposes)
+    until(lambda: number(driver, "max-blocked10s") >= 5, 15, "blocked sessions on the chart")
+    until(lambda: number(driver, "max-error-rate10s") > 0.5, 20, "the error rate to rise")
+    assert int(live(driver, "active-faults")) == 1
+    blocked_svg = driver.find_element(By.CSS_SELECTOR, "#chart-blocked svg")
+    assert blocked_svg.find_elements(By.CSS_SELECTOR, "rect.fault"), "the fault window is marked"
+    assert blocked_svg.find_elements(By.CSS_SELECTOR, "path.line.blocked")
+    errors_text = driver.find_element(By.ID, "error-kinds").text
+    assert "pool_timeout" in errors_text and "QueuePool limit" in errors_text
+    shot(driver, out, "02-during", "live")
+    until(lambda: driver.find_elements(By.CSS_SELECTOR, "#lock-tree li[data-depth='0']"), 10, "the lock tree")
+    assert "dbchaos fault" in driver.find_element(By.ID, "lock-tree").text
+    assert driver.find_elements(By.CSS_SELECTOR, "#blocked tbody tr td code.query")
+    shot(driver, out, "03-lock-tree", "locks")
+
+    # stop it from the UI and watch the shop recover
+    click(driver, "#active-faults button[data-fault-id]")
+    until(lambda: live(driver, "active-faults") == "0", 15, "the fault to end")
+    until(
+        lambda: (
+            live(driver, "error-rate") == "0" and live(driver, "blocked") == "0" and number(driver, "throughput") >= 5
+        ),
+        20,
+        "recovery: no errors, nothing blocked, answers flowing",
+    )
+    assert driver.find_element(By.CSS_SELECTOR, "#finished-faults tbody tr[data-state='reverted']")
+    shot(driver, out, "04-recovered", "live")
+    shot(driver, out, "05-faults", "faults")
+    assert console_errors(driver) == []
