@@ -99,8 +99,9 @@ WITH act AS MATERIALIZED (
     UNION ALL
     SELECT h.pid, h.usesysid, h.application_name, h.state, h.query, h.wait_event_type, h.wait_event,
            h.state_change, h.xact_start, NULL, NULL, NULL, NULL, NULL
-    FROM here h
-    WHERE h.pid IN (SELECT unnest(blocked_by) FROM waiting) AND h.pid NOT IN (SELECT pid FROM waiting)
+    FROM here h  -- the blockers, once each (an array test: no rescan of waiting per session)
+    WHERE h.pid = ANY ((SELECT array_agg(DISTINCT b) FROM waiting, unnest(waiting.blocked_by) AS b)::int[])
+      AND h.pid NOT IN (SELECT pid FROM waiting)
 )
 SELECT json_build_object(
     'by_state', (SELECT coalesce(json_object_agg(s, n), '{}'::json)
