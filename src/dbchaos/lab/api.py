@@ -16,6 +16,7 @@ import httpx
 import psycopg
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.routing import NoMatchFound
 
 from dbchaos import errors
 from dbchaos.api.context import AppContext, get_context
@@ -32,8 +33,8 @@ router = APIRouter(prefix="/lab/api", tags=["lab"])
 LabDep = Annotated[Lab, Depends(get_lab)]
 Ctx = Annotated[AppContext, Depends(get_context)]
 DEMO_ADMIN_TIMEOUT_S = 10.0
-#: the experiments API of issue 7, listed in the dashboard once the server has it
-EXPERIMENTS_PATH = "/v1/experiments"
+#: the route listing issue 7's experiments (GET /v1/experiments), when the server has it
+EXPERIMENTS_ROUTE = "list_experiments"
 
 
 class ConfigIn(BaseModel):
@@ -79,8 +80,11 @@ async def scenarios() -> dict[str, Any]:
 async def runs(request: Request) -> dict[str, Any]:
     """The dashboard's runs-and-reports section asks here first, so a server without
     experiments is a plain answer rather than a failed request."""
-    paths = {getattr(r, "path", None) for r in request.app.routes}
-    return {"available": EXPERIMENTS_PATH in paths, "path": EXPERIMENTS_PATH}
+    try:
+        path = str(request.app.url_path_for(EXPERIMENTS_ROUTE))
+    except NoMatchFound:
+        return {"available": False, "path": None}
+    return {"available": True, "path": path}
 
 
 @router.get("/status", summary="The lab: its database, demo shop and traffic")

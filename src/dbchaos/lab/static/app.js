@@ -660,20 +660,77 @@ async function loadGamedays() {
   return data;
 }
 
-// ------------------------------------------------------------------ runs and reports (placeholder, issue 7)
+// ------------------------------------------------------------------ runs and reports (issue 7's experiments)
+// An experiment run by the server against the shop: a probe plays a user of GET /items/1, the
+// method locks items for 10 s, and the hypothesis is what a hardened service should meet.
+function labExperiment(demoUrl, mode) {
+  return {
+    version: 1,
+    name: `lab: items locked for 10 s (${mode} shop)`,
+    description: "ACCESS EXCLUSIVE on items for 10 s while a probe reads GET /items/1 of the demo shop.",
+    target: TARGET,
+    probes: [{ name: "get-item", type: "http", url: `${demoUrl}/items/1`, timeout: "5s", rate: 10, concurrency: 30 }],
+    hypothesis: [
+      { tolerance: "p95 < 2s", probe: "get-item", phase: "during" },
+      { tolerance: "recovers within 2s", probe: "get-item" },
+    ],
+    method: [{ name: "lock-items", kind: "table-lock", params: { tables: ["items"], mode: "ACCESS EXCLUSIVE" }, at: "0s", duration: "10s" }],
+    baseline: "5s",
+    recovery: "10s",
+  };
+}
+
 async function refreshRuns() {
   const box = $("runs-list");
   const where = await api("/lab/api/runs");
+  box.className = where.available ? "" : "placeholder";
   if (!where.available) {
     box.replaceChildren(h("p", { text: "Experiment runs and their reports will be listed here once this server runs experiments (dbchaos run, POST /v1/experiments). Until then, the finished faults above are the record." }));
     return;
   }
   const data = await api(where.path);
-  const runs = Array.isArray(data) ? data : data.experiments || data.runs || [];
-  if (!runs.length) { box.replaceChildren(h("p", { text: "No experiment has run on this server yet." })); return; }
-  box.replaceChildren(h("ul", {}, runs.map((r) => h("li", {},
-    h("strong", { text: r.name || r.id }), ` ${r.state || ""} ${r.verdict || ""} `,
-    r.report_url ? h("a", { href: r.report_url, text: "report" }) : null))));
+  const runs = (data.experiments || []).filter((r) => r.target === TARGET);
+  $("runs").dataset.runs = runs.length;
+  $("runs").dataset.lastState = runs.length ? runs[0].state : "";
+  let button = $("run-experiment");
+  if (!button) {
+    button = h("button", { type: "button", class: "primary", id: "run-experiment", onclick: startExperiment },
+      "Run an experiment: items locked for 10 s");
+    box.replaceChildren(
+      h("p", { class: "hint", text: "The server runs a whole experiment (docs/experiments.md): 5 s of baseline, a 10 s table lock on items, 10 s of recovery, while a probe reads GET /items/1; the verdict says whether p95 stayed under 2 s during the lock and the shop recovered within 2 s. Try it on the naive shop, then on the hardened one." }),
+      h("div", { class: "buttons" }, button), h("p", { id: "run-status", role: "status" }),
+      h("table", { class: "grid", id: "runs-table" },
+        h("thead", {}, h("tr", {}, ["Experiment", "State", "Started", "Findings", "Report"].map((t) => h("th", { scope: "col", text: t })))),
+        h("tbody")));
+  }
+  button.disabled = runs.some((r) => r.state === "running");
+  const key = JSON.stringify(runs.map((r) => [r.id, r.state, r.progress && r.progress.phase]));
+  const table = $("runs-table");
+  if (table.dataset.key === key) return;
+  table.dataset.key = key;
+  const rows = runs.map((r) => h("tr", { "data-state": r.state },
+    h("td", { text: r.name }),
+    h("td", {}, h("span", { class: `badge ${r.state === "held" ? "good" : r.state === "running" ? "" : "bad"}`, text: r.state }),
+      r.progress && r.state === "running" ? h("span", { class: "muted", text: ` ${r.progress.phase}` }) : null),
+    h("td", { text: r.created_at ? clock(typeof r.created_at === "number" ? r.created_at : Date.parse(r.created_at) / 1000) : "" }),
+    h("td", {}, (r.findings || []).length ? h("ul", {}, r.findings.slice(0, 4).map((f) => h("li", { text: f }))) : (r.error || "")),
+    h("td", {}, r.state !== "running" && !r.error ? h("a", { href: `${where.path}/${r.id}/report`, target: "_blank", rel: "noopener", text: "HTML report" }) : "")));
+  table.tBodies[0].replaceChildren(...(rows.length ? rows : [h("tr", {}, h("td", { colspan: 5, text: "No experiment has run on the shop yet." }))]));
+}
+
+async function startExperiment(ev) {
+  ev.target.disabled = true;
+  const status = $("run-status");
+  try {
+    const st = await api("/lab/api/status");
+    const run = await api("/v1/experiments", { method: "POST", body: { experiment: labExperiment(st.demo.url, st.demo.mode), labels: { source: "lab" } } });
+    status.textContent = `Experiment ${shortId(run.id)} started: about 25 s.`;
+    await refreshRuns();
+  } catch (err) {
+    status.textContent = "";
+    showError("runs-error", err);
+    ev.target.disabled = false;
+  }
 }
 
 // ------------------------------------------------------------------ start
@@ -688,7 +745,7 @@ document.addEventListener("DOMContentLoaded", () => {
   poll(refreshFaults, 1000, "faults-error");
   poll(refreshLocks, 1000, "locks-error");
   poll(refreshMigrations, 2000, "migrations-error");
-  poll(refreshRuns, 10000, "runs-error");
+  poll(refreshRuns, 2000, "runs-error");
   api("/lab/api/deploy").then((d) => { if (d.last) showRun(d.last, "Last deploy:"); }).catch(() => {});
   if (window.labGamedays) window.labGamedays.start();
 });
