@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from bench import inject_latency, list_latency, migrations, overshoot, recovery, row_lock
+from bench import inject_latency, list_latency, migrations, observer_sample, overshoot, recovery, row_lock
 from bench.common import Check, print_checks, standalone
 
 
@@ -25,6 +25,7 @@ def main() -> None:
         checks += rl
         checks += migrations.run(db)
         checks += recovery.run(db)
+        checks += observer_sample.run(db)
         print_checks(checks)
         if not rl:
             print("  n/a    row-lock over 1,000,000 rows: row-lock not available")
