@@ -113,6 +113,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.halts = Counter(
+            "dbchaos_halts",
+            "Times a halt rule tripped and dbchaos reverted every fault on the target (docs/guard-rails.md)",
+            ["target", "rule"],
+            registry=self.registry,
+        )
         self._scrape = _ScrapeCollector()
         self.registry.register(self._scrape)
 
@@ -133,6 +139,10 @@ class Metrics:
             self.faults_active.labels(rec.kind, rec.target).dec()
         reason = rec.end_reason.value if rec.end_reason is not None else ""
         self.faults_finished.labels(rec.kind, rec.target, rec.state.value, reason).inc()
+
+    def halted(self, target: str, rule: str) -> None:
+        """A halt rule tripped on ``target`` (its faults are being reverted, end reason ``halted``)."""
+        self.halts.labels(target, rule).inc()
 
     # ---- scrape --------------------------------------------------------------------
     async def read_targets(self, engine: Engine) -> ScrapeSamples:

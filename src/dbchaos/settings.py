@@ -6,6 +6,7 @@ in the factory and passed to whatever needs it.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -47,6 +48,12 @@ class Settings:
     tokens_file: str | None = None
     #: append-only JSON-lines audit trail; ``None``: the last events in memory only (docs/audit.md)
     audit_log: str | None = None
+    #: server-wide halt rules (docs/guard-rails.md), for every target that sets none of its own;
+    #: ``None``: off. Over the limit, every fault on the target is reverted (end reason ``halted``).
+    halt_max_blocked_sessions: int | None = None
+    halt_max_blocked_for_s: float | None = None
+    halt_max_fault_age_s: float | None = None
+    halt_max_connections_used_pct: float | None = None
     #: URLs that get every event as a JSON POST (docs/events.md); env: space-separated
     webhooks: tuple[str, ...] = ()
 
@@ -82,6 +89,18 @@ class Settings:
             )
         if self.max_faults_per_target < 1:
             raise InvalidInput("max_faults_per_target must be at least 1", field="max_faults_per_target")
+        if self.halt_max_blocked_sessions is not None and self.halt_max_blocked_sessions < 0:
+            raise InvalidInput("halt_max_blocked_sessions must be 0 or more", field="halt_max_blocked_sessions")
+        for name in ("halt_max_blocked_for_s", "halt_max_fault_age_s"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise InvalidInput(f"{name} must be a positive number of seconds", field=name)
+        pct = self.halt_max_connections_used_pct
+        if pct is not None and not (math.isfinite(pct) and 0 < pct <= 100):
+            raise InvalidInput(
+                "halt_max_connections_used_pct must be a percentage above 0 and at most 100",
+                field="halt_max_connections_used_pct",
+            )
 
 
 def _convert(name: str, type_name: Any, raw: str) -> Any:

@@ -8,18 +8,25 @@ leaves this module, in answers and in log lines alike.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg import conninfo
+from psycopg import conninfo, sql
 
 from dbchaos import optin
 from dbchaos.errors import InvalidInput, TargetUnreachable, TargetUnusable
+
+#: the code of the refusal when a pooling proxy sits between dbchaos and PostgreSQL
+POOLER_DETECTED = "pooler_detected"
+#: the custom setting the pooler probe writes into its own session (never read by anything else)
+_PROBE_SETTING = "dbchaos.pooler_probe"
 
 MIN_SERVER_VERSION_NUM = 140000
 _SECRET_KEYS = ("password", "sslpassword")
@@ -77,6 +84,37 @@ _TABLE_KINDS = frozenset({"table", "version_table"})
 
 
 @dataclass(frozen=True)
+class HaltRules:
+    """When dbchaos stops every fault on a target by itself (``None``: rule off).
+
+    Evaluated by :mod:`dbchaos.engine.halt` on the engine's monitor snapshots; a rule trips
+    when the observed value is *over* its limit.
+    """
+
+    #: sessions blocked (directly or behind others) by the target's dbchaos faults, all together
+    max_blocked_sessions: int | None = None
+    #: seconds the longest of those sessions has been waiting
+    max_blocked_for_s: float | None = None
+    #: seconds since the oldest active fault on the target became active
+    max_fault_age_s: float | None = None
+    #: client connections in use, in percent of the server's ``max_connections``
+    max_connections_used_pct: float | None = None
+
+    @property
+    def any(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in dataclasses.fields(self))
+
+    def or_defaults(self, defaults: HaltRules) -> HaltRules:
+        """These rules, with ``defaults`` filling the ones this target leaves unset."""
+        return HaltRules(
+            **{
+                f.name: getattr(defaults, f.name) if getattr(self, f.name) is None else getattr(self, f.name)
+                for f in dataclasses.fields(self)
+            }
+        )
+
+
+@dataclass(frozen=True)
 class TargetPolicy:
     """What the operator allows on one target (from the targets file; empty = no limit).
 
@@ -93,6 +131,8 @@ class TargetPolicy:
     max_faults: int | None = None
     #: connection slots connection-exhaustion must leave free on this target at least
     connection_reserve: int = 0
+    #: when dbchaos halts every fault on this target (docs/guard-rails.md)
+    halt: HaltRules = field(default_factory=HaltRules)
 
     def refusal(self, obj: str) -> str | None:
         """Why ``obj`` (a fault's object name, e.g. ``table:public.items``) is not allowed, or ``None``."""
@@ -177,6 +217,13 @@ class TargetCheck:
     checked_at: float = field(default_factory=time.time)
     #: whether the database carries dbchaos's opt-in marker (``None``: not known)
     opted_in: bool | None = None
+    #: the server's ``max_connections`` (for the ``max_connections_used_pct`` halt rule)
+    max_connections: int | None = None
+    #: a pooling proxy between dbchaos and PostgreSQL: ``transaction``, ``statement``, ``session``
+    #: or ``unknown`` (its mode could not be told); ``None``: none seen
+    pooler: str | None = None
+    #: the error code of ``problem`` (e.g. ``pooler_detected``); ``None``: ``target_unusable``
+    problem_code: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -185,18 +232,20 @@ class TargetCheck:
             "reachable": self.reachable,
             "usable": self.usable,
             "problem": self.problem,
+            "problem_code": self.problem_code,
             "server_version": self.server_version,
             "server_version_num": self.server_version_num,
             "in_recovery": self.in_recovery,
             "read_only": self.read_only,
             "opted_in": self.opted_in,
+            "pooler": self.pooler,
         }
 
     def raise_if_unusable(self) -> None:
         if not self.reachable:
             raise TargetUnreachable(self.problem or f"target {self.name!r} is unreachable")
         if not self.usable:
-            raise TargetUnusable(self.problem or f"target {self.name!r} is not usable")
+            raise TargetUnusable(self.problem or f"target {self.name!r} is not usable", code=self.problem_code)
 
 
 def usability_problem(
@@ -215,22 +264,37 @@ def usability_problem(
     return None
 
 
+#: One round trip tells whether faults can work: version, replica, read-only, the backend
+#: that really serves this connection (a pooler hands out a made-up pid at connect) and
+#: ``max_connections``.
 CHECK_SQL = """
 SELECT current_setting('server_version_num')::int,
        current_setting('server_version'),
        pg_is_in_recovery(),
-       current_setting('default_transaction_read_only') = 'on'
+       current_setting('default_transaction_read_only') = 'on',
+       pg_backend_pid(),
+       current_setting('max_connections')::int
 """
 
 
-async def check_target(target: Target, *, connect_timeout_s: float = 3.0) -> TargetCheck:
-    """Connect to the target and report whether faults can work there. Never raises."""
+async def check_target(target: Target, *, connect_timeout_s: float = 3.0, cursor_factory: Any = None) -> TargetCheck:
+    """Connect to the target and report whether faults can work there. Never raises.
+    (``cursor_factory``: the audit trail's, for the statements of a server's health check.)"""
     try:
-        async with asyncio.timeout(connect_timeout_s + 2):
-            conn = await target.connect("dbchaos:check", connect_timeout_s=connect_timeout_s)
+        async with asyncio.timeout(2 * connect_timeout_s + 4):
+            conn = await target.connect(
+                "dbchaos:check", connect_timeout_s=connect_timeout_s, cursor_factory=cursor_factory
+            )
             try:
                 cur = await conn.execute(CHECK_SQL)
                 row = await cur.fetchone()
+                assert row is not None
+                check = check_from_row(target, row)
+                if behind_proxy(conn, row):
+                    pooler = await probe_pooler(
+                        target, conn, application_name="dbchaos:check", connect_timeout_s=connect_timeout_s
+                    )
+                    return with_pooler(check, pooler)
                 opted_in = (await optin.status(conn)).opted_in
             finally:
                 await conn.close()
@@ -246,8 +310,7 @@ async def check_target(target: Target, *, connect_timeout_s: float = 3.0) -> Tar
             if str(exc)
             else f"cannot connect to target {target.name!r} ({describe_dsn(target.dsn)}): timed out",
         )
-    assert row is not None
-    return dataclasses.replace(check_from_row(target, row), opted_in=opted_in)
+    return dataclasses.replace(check, opted_in=opted_in)
 
 
 def check_from_row(target: Target, row: Any) -> TargetCheck:
@@ -270,7 +333,106 @@ def check_from_row(target: Target, row: Any) -> TargetCheck:
         server_version_num=version_num,
         in_recovery=in_recovery,
         read_only=read_only,
+        max_connections=int(row[5]),
     )
+
+
+# ---- pooling proxies ------------------------------------------------------------------
+#
+# dbchaos's faults live in sessions: a lock held by an open transaction, session advisory
+# locks, session settings (the server-side timeouts that bound every fault), and the pid of
+# each session's backend (to watch it and, if need be, end it). A transaction-pooling proxy
+# (PgBouncer, Odyssey, pgcat, ... in pool_mode=transaction) hands every transaction to
+# whichever server connection is free: a session setting or advisory lock stays behind on a
+# server connection other clients then use. Such proxies also answer the connect with a
+# made-up backend pid (PgBouncer does in every pool mode), so comparing the pid the
+# connection reported with ``pg_backend_pid()`` (one column of CHECK_SQL) finds them at no
+# extra cost on a direct connection. Only then does :func:`probe_pooler` look closer.
+
+
+def behind_proxy(conn: psycopg.AsyncConnection[Any], row: Any) -> bool:
+    """Whether the backend pid ``conn`` reported at connect is not the one serving it
+    (``row`` is :data:`CHECK_SQL`'s)."""
+    return conn.info.backend_pid != int(row[4])
+
+
+async def probe_pooler(
+    target: Target, conn: psycopg.AsyncConnection[Any], *, application_name: str, connect_timeout_s: float
+) -> tuple[str, str]:
+    """The pool mode of the proxy in front of ``target`` and what showed it.
+
+    ``conn`` (autocommit, idle) writes a session setting; a second connection then holds a
+    transaction open while ``conn`` reads the setting back. Through a transaction pool the
+    second connection usually gets ``conn``'s server connection (PgBouncer reuses the last
+    one freed) and sees the setting, or else ``conn``'s next transaction runs on another
+    backend without it; through a session pool neither happens. A few round trips and one
+    connection, paid only when a proxy is already known to be there.
+    """
+    token = secrets.token_hex(8)
+    cur = await conn.execute("SELECT pg_backend_pid(), set_config(%s, %s, false)", (_PROBE_SETTING, token))
+    row = await cur.fetchone()
+    assert row is not None
+    first = int(row[0])
+    try:
+        other = await target.connect(application_name, connect_timeout_s=connect_timeout_s)
+    except TargetUnreachable:
+        return "unknown", "a second connection to tell it could not be opened"
+    try:
+        try:
+            cur = await other.execute(
+                sql.SQL("BEGIN; SELECT pg_backend_pid(), current_setting({}, true)").format(sql.Literal(_PROBE_SETTING))
+            )
+            cur.nextset()  # past BEGIN's result
+            seen = await cur.fetchone()
+        except psycopg.Error:
+            return "statement", "a transaction block was refused (statement pooling)"
+        assert seen is not None
+        if int(seen[0]) == first or seen[1] == token:
+            return "transaction", (
+                f"another client connection was served by the same PostgreSQL backend (pid {first}) and saw "
+                "this connection's session setting"
+            )
+        cur = await conn.execute("SELECT pg_backend_pid(), current_setting(%s, true)", (_PROBE_SETTING,))
+        again = await cur.fetchone()
+        assert again is not None
+        if int(again[0]) != first or again[1] != token:
+            return "transaction", (
+                f"two consecutive transactions on one connection ran on different PostgreSQL backends "
+                f"(pid {first}, then {int(again[0])}) and the session setting of the first was gone"
+            )
+        return "session", "the connection kept its backend and its session setting"
+    finally:
+        with contextlib.suppress(Exception):
+            await other.close()
+
+
+def with_pooler(check: TargetCheck, pooler: tuple[str, str]) -> TargetCheck:
+    """``check`` refused because of the pooling proxy :func:`probe_pooler` described."""
+    mode, evidence = pooler
+    if mode in ("session", "unknown"):
+        # What is certain here: the backend pid the connection reported is made up (PgBouncer
+        # does that in every pool mode), and dbchaos watches, and if need be ends, its
+        # sessions by that pid. A session pool keeps sessions; that alone does not help.
+        why = (
+            "the backend pid a connection reports at connect is made up by the proxy, so dbchaos could not "
+            "watch or end its own sessions"
+        )
+        kind = (
+            "a connection pooler (session pooling)"
+            if mode == "session"
+            else f"a connection pooler (its pool mode is unknown: {evidence})"
+        )
+    else:
+        why = (
+            f"{evidence}: the session locks, settings and server-side timeouts every dbchaos fault relies on "
+            "would not stay with dbchaos's connection, and could land on connections other clients use"
+        )
+        kind = f"a {mode}-pooling proxy (PgBouncer or similar, pool_mode={mode})"
+    problem = (
+        f"target {check.name!r} is reached through {kind}: {why}. Point dbchaos at PostgreSQL itself "
+        "(the server's own host and port, not the pooler's)"
+    )
+    return dataclasses.replace(check, usable=False, problem=problem, problem_code=POOLER_DETECTED, pooler=mode)
 
 
 def targets_by_name(targets: Mapping[str, Target], name: str | None, default: str) -> Target:

@@ -3,6 +3,7 @@
 A TOML file (``dbchaos serve --targets-file F`` or ``DBCHAOS_TARGETS_FILE``)::
 
     allow_ad_hoc_targets = false        # compat target_database_url may name other databases
+    webhooks = ["https://hooks.example.com/dbchaos"]   # get every event (docs/events.md)
 
     [targets.staging]
     dsn_env = "STAGING_DATABASE_URL"    # or dsn = "..." / dsn_file = "/run/secrets/staging-dsn"
@@ -13,6 +14,10 @@ A TOML file (``dbchaos serve --targets-file F`` or ``DBCHAOS_TARGETS_FILE``)::
     max_faults = 5
     connection_reserve = 10
 
+    [targets.staging.halt]              # revert every fault here when one of these is exceeded
+    max_blocked_sessions = 50
+    max_blocked_for_s = 30
+
 DSNs are secrets: they are read here and kept only inside :class:`dbchaos.targets.Target`
 (whose ``repr`` leaves them out); errors never quote them. Relative paths (``dsn_file``,
 ``alembic_ini``) are relative to the file's folder. Every validation error names the
@@ -21,6 +26,7 @@ target and the key. See ``docs/targets.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -32,7 +38,8 @@ from typing import Any
 
 from dbchaos.errors import InvalidInput
 from dbchaos.faults.migration.graph import RevisionGraph
-from dbchaos.targets import Target, TargetPolicy, parse_dsn
+from dbchaos.targets import HaltRules, Target, TargetPolicy, parse_dsn
+from dbchaos.webhooks import check_webhook_url
 
 #: a target name appears in URLs (``/v1/targets/{name}/migrations``) and in answers
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
@@ -41,12 +48,19 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_IDENTIFIER_BYTES = 63
 _MAX_DSN_FILE_BYTES = 64 * 1024
 
-_TOP_KEYS = frozenset({"allow_ad_hoc_targets", "targets"})
+_TOP_KEYS = frozenset({"allow_ad_hoc_targets", "targets", "webhooks"})
 _DSN_KEYS = ("dsn", "dsn_env", "dsn_file")
 _LIST_KEYS = ("allow_schemas", "deny_schemas", "allow_tables", "deny_tables")
 _TARGET_KEYS = frozenset(
-    {*_DSN_KEYS, *_LIST_KEYS, "default", "alembic_ini", "max_duration_s", "max_faults", "connection_reserve"}
+    {*_DSN_KEYS, *_LIST_KEYS, "default", "alembic_ini", "max_duration_s", "max_faults", "connection_reserve", "halt"}
 )
+#: ``[targets.NAME.halt]``: rule -> (kind, lowest allowed, whether the lowest is allowed, unit for messages)
+_HALT_KEYS: dict[str, tuple[type, float, bool, str]] = {
+    "max_blocked_sessions": (int, 0, True, "a whole number of sessions, 0 or more"),
+    "max_blocked_for_s": (float, 0, False, "a positive number of seconds"),
+    "max_fault_age_s": (float, 0, False, "a positive number of seconds"),
+    "max_connections_used_pct": (float, 0, False, "a percentage above 0 and at most 100"),
+}
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,8 @@ class TargetsFile:
     allow_ad_hoc_targets: bool = False
     #: target name -> its alembic.ini (absolute), where configured
     alembic_inis: Mapping[str, Path] = field(default_factory=dict)
+    #: URLs that get every event as a JSON POST (docs/events.md), besides ``--webhook``
+    webhooks: tuple[str, ...] = ()
 
     def load_graphs(self) -> dict[str, RevisionGraph]:
         """Each configured target's revision graph. Imports the revision files (runs their
@@ -128,7 +144,18 @@ def parse_targets(data: Mapping[str, Any], path: Path, environ: Mapping[str, str
         if len(targets) > 1:
             raise _error(path, "several targets and none says default = true; mark one", "targets")
         defaults = list(targets)
-    return TargetsFile(path, targets, defaults[0], ad_hoc, inis)
+    return TargetsFile(path, targets, defaults[0], ad_hoc, inis, _webhooks(path, data.get("webhooks", [])))
+
+
+def _webhooks(path: Path, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(u, str) for u in value):
+        raise _error(path, 'webhooks must be a list of URLs (webhooks = ["https://..."])', "webhooks")
+    for url in value:
+        try:
+            check_webhook_url(url, "webhooks")
+        except InvalidInput as exc:
+            raise _error(path, exc.message, "webhooks") from None
+    return tuple(value)
 
 
 def _target(
@@ -215,8 +242,35 @@ def _target(
         max_duration_s=None if max_duration is None else float(max_duration),
         max_faults=max_faults,
         connection_reserve=reserve,
+        halt=_halt(path, name, body.get("halt", {})),
     )
     return Target(name, dsn, policy), ini, is_default
+
+
+def _halt(path: Path, name: str, value: Any) -> HaltRules:
+    """The ``[targets.NAME.halt]`` table (docs/guard-rails.md)."""
+    if not isinstance(value, dict):
+        raise _error(path, f"target {name!r}: halt must be a table ([targets.{name}.halt])", f"targets.{name}.halt")
+
+    def bad(key: str, problem: str) -> InvalidInput:
+        return _error(path, f"target {name!r}: halt.{key} {problem}", f"targets.{name}.halt.{key}")
+
+    rules: dict[str, Any] = {}
+    for key, raw in value.items():
+        if key not in _HALT_KEYS:
+            raise bad(key, f"is not a known rule (known: {', '.join(sorted(_HALT_KEYS))})")
+        kind, lowest, lowest_ok, what = _HALT_KEYS[key]
+        number = isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw)
+        if (
+            not number
+            or (kind is int and not isinstance(raw, int))
+            or raw < lowest
+            or (raw == lowest and not lowest_ok)
+            or (key == "max_connections_used_pct" and raw > 100)
+        ):
+            raise bad(key, f"must be {what}")
+        rules[key] = int(raw) if kind is int else float(raw)
+    return dataclasses.replace(HaltRules(), **rules)
 
 
 def _names(bad: Any, key: str, value: Any, *, tables: bool) -> tuple[str, ...]:

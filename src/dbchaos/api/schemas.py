@@ -67,5 +67,6 @@ def fault_view(rec: FaultRecord, impact: Impact | None = None) -> dict[str, Any]
         "error": rec.error,
         "details": rec.details,
         "blockers": rec.blockers,
+        "halted_by": rec.halted_by,
         "impact": impact.as_dict() if impact is not None else None,
     }

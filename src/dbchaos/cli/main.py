@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dbchaos.cli import init, inject, kinds, lab, migrations, recover, remote, report, run, serve, tokens
+from dbchaos.cli import cleanup, init, inject, kinds, lab, migrations, recover, remote, report, run, serve, tokens
 
 app = typer.Typer(
     name="dbchaos",
@@ -21,6 +21,7 @@ app.command("status")(remote.status)
 app.command("abort")(remote.abort)
 app.command("reset")(remote.reset)
 app.command("recover")(recover.recover)
+app.command("cleanup")(cleanup.cleanup)
 app.command("run")(run.run)
 app.command("report")(report.report)
 app.command("init")(init.init)

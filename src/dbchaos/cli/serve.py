@@ -23,6 +23,7 @@ from dbchaos.api.auth import TokenStore, require_tokens_off_loopback
 from dbchaos.cli import exits
 from dbchaos.cli.common import load_graphs
 from dbchaos.cli.init import opt_in_target
+from dbchaos.cli.parsing import parse_duration
 from dbchaos.embedded.sample import create_sample_database
 from dbchaos.embedded.server import EmbeddedPostgres
 from dbchaos.engine.model import EndReason
@@ -136,6 +137,36 @@ def serve(
             "Env: DBCHAOS_WEBHOOKS (space-separated).",
         ),
     ] = None,
+    halt_max_blocked: Annotated[
+        int | None,
+        typer.Option(
+            help="Halt rule (docs/guard-rails.md): revert every fault on a target once more than N sessions are "
+            "blocked behind its faults. For targets without their own [targets.NAME.halt] value. "
+            "Env: DBCHAOS_HALT_MAX_BLOCKED_SESSIONS.",
+            min=0,
+        ),
+    ] = None,
+    halt_max_blocked_for: Annotated[
+        str | None,
+        typer.Option(
+            help="Halt rule: revert every fault on a target once a session has waited longer than this on one of "
+            "them (e.g. 30s). Env: DBCHAOS_HALT_MAX_BLOCKED_FOR_S (seconds).",
+        ),
+    ] = None,
+    halt_max_fault_age: Annotated[
+        str | None,
+        typer.Option(
+            help="Halt rule: revert every fault on a target once one of them has been active longer than this "
+            "(e.g. 10m). Env: DBCHAOS_HALT_MAX_FAULT_AGE_S (seconds).",
+        ),
+    ] = None,
+    halt_max_connections_pct: Annotated[
+        float | None,
+        typer.Option(
+            help="Halt rule: revert every fault on a target once more than this percentage of the server's "
+            "max_connections is in use. Env: DBCHAOS_HALT_MAX_CONNECTIONS_USED_PCT.",
+        ),
+    ] = None,
     dangerously_skip_opt_in: Annotated[
         bool,
         typer.Option(
@@ -156,6 +187,14 @@ def serve(
             alembic_ini=alembic_ini,
             tokens_file=tokens_file,
             audit_log=audit_log,
+            halt_max_blocked_sessions=halt_max_blocked,
+            halt_max_blocked_for_s=None
+            if halt_max_blocked_for is None
+            else parse_duration(halt_max_blocked_for, "halt_max_blocked_for"),
+            halt_max_fault_age_s=None
+            if halt_max_fault_age is None
+            else parse_duration(halt_max_fault_age, "halt_max_fault_age"),
+            halt_max_connections_used_pct=halt_max_connections_pct,
             webhooks=tuple(webhook) if webhook else None,
         )
         settings.validate()

@@ -23,9 +23,11 @@ import psycopg
 
 from dbchaos import errors, optin, privileges
 from dbchaos.audit import AuditLog
+from dbchaos.engine import halt
 from dbchaos.engine.control import ControlChannel
 from dbchaos.engine.deadline import check_movable, held_statement_why, moved_deadline
 from dbchaos.engine.model import EndReason, FaultRecord, State
+from dbchaos.engine.ownership import new_fault_id
 from dbchaos.engine.pgerrors import translate
 from dbchaos.engine.recovery import recover
 from dbchaos.engine.session import Bounds, SessionFactory
@@ -37,7 +39,7 @@ from dbchaos.faults.migration.graph import RevisionGraph
 from dbchaos.faults.migration.journal import owner_key
 from dbchaos.faults.registry import Registry
 from dbchaos.metrics import Metrics
-from dbchaos.observe.activity import Impact, impact_of
+from dbchaos.observe.activity import Impact, Snapshot, impact_of
 from dbchaos.settings import Settings
 from dbchaos.targets import Target, targets_by_name
 from dbchaos.webhooks import WebhookSink
@@ -320,7 +322,7 @@ class Engine:
         await self.require_opt_in(target, channel)
         if isinstance(fault, ConnectionExhaustion):
             fault.reserve = target.policy.connection_reserve
-        fault_id = str(uuid.uuid4())
+        fault_id = new_fault_id(self.instance)  # its sessions name this instance (engine/ownership.py)
         fault.env = FaultEnv(fault_id, self.instance, self.owner_key, duration, self.graphs.get(target.name))
         sessions = SessionFactory(
             target,
@@ -634,6 +636,7 @@ class Engine:
                 by_target.setdefault(m.record.target, []).append(m)
             for ms in by_target.values():
                 pids = {p for m in ms for p in m.record.pids}
+                snap: Snapshot | None = None
                 try:
                     snap = await ms[0].channel.snapshot(pids, max_age_s=MONITOR_INTERVAL_S / 2)
                 except (errors.DbChaosError, psycopg.Error):
@@ -649,12 +652,52 @@ class Engine:
                             s.alive = False
                         m.stop_reason = EndReason.ERROR
                         m.stop.set()
+                if snap is not None:
+                    await self._halt_if_tripped(ms, snap)
+
+    async def _halt_if_tripped(self, active: list[_Managed], snap: Snapshot) -> None:
+        """Revert every unfinished fault on the target of ``active`` (its active faults) when
+        one of its halt rules is over its limit in ``snap`` (docs/guard-rails.md)."""
+        name = active[0].record.target
+        target = self.targets.get(name)
+        rules = halt.effective_rules(target.policy.halt, self.settings) if target is not None else None
+        if rules is None or not rules.any:
+            return
+        check = active[0].channel.last_check
+        trip = halt.evaluate(
+            rules,
+            snap,
+            [m.record for m in active],
+            now=time.time(),
+            max_connections=check.max_connections if check is not None else None,
+        )
+        if trip is None:
+            return
+        victims = [
+            m
+            for m in self._faults.values()
+            if m.record.target == name and m.record.state in (State.PENDING, State.ACTIVE) and not m.stop.is_set()
+        ]
+        if not victims:
+            return
+        _log.warning("%s: reverting %d fault(s)", trip.describe(name), len(victims))
+        if self.metrics is not None:
+            self.metrics.halted(name, trip.rule)
+        if self.audit is not None:
+            self.audit.record(
+                {"type": "halt", "target": name, **trip.as_dict(), "fault_ids": [m.record.id for m in victims]}
+            )
+        for m in victims:
+            m.record.halted_by = trip.as_dict()
+            await self.abort(m.record.id, reason=EndReason.HALTED, wait=False)
 
     # ---- recovery ------------------------------------------------------------------
     async def recover(self, target_name: str | None = None) -> list[FaultRecord]:
         """Revert the journal entries on a target whose owner is gone; returns them as
         finished faults (end reason ``recovered``)."""
         target = self.target(target_name)
+        # never through a pooling proxy: its owner locks and session settings would leak (targets.py)
+        (await self.channel(target).check(max_age_s=CHECK_TTL_S)).raise_if_unusable()
         found = await recover(
             target,
             self.instance,

@@ -63,3 +63,5 @@ class FaultRecord:
     blockers: list[dict[str, Any]] = field(default_factory=list)
     #: highest number of sessions seen blocked while active
     max_blocked: int = 0
+    #: the halt rule that ended it (``{"rule", "limit", "observed"}``; docs/guard-rails.md)
+    halted_by: dict[str, Any] | None = None
