@@ -107,6 +107,9 @@ class AuditLog:
         audit = self
 
         class AuditedCursor(psycopg.AsyncCursor[Any]):
+            #: read by :class:`AuditedConnection` for what psycopg sends outside cursors
+            audit_as = (audit, label, target)
+
             async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> AuditedCursor:
                 audit.statement(query, self.connection, label=label, target=target)
                 await super().execute(query, params, **kwargs)
@@ -132,6 +135,26 @@ class AuditLog:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+
+class AuditedConnection(psycopg.AsyncConnection[Any]):
+    """A connection that also records the statements psycopg sends by itself, outside any
+    cursor: ``BEGIN``, ``COMMIT``, ``ROLLBACK`` and the savepoints of ``conn.transaction()``
+    (and ``conn.commit()``/``rollback()``). They go under the label of the connection's audit
+    cursor factory (see :meth:`AuditLog.cursor_factory`), so a warm spare bound to a fault
+    records them under the fault. Without an audit cursor factory it records nothing.
+
+    Overrides psycopg's ``_exec_command``, the one place those commands go through (psycopg
+    3.2 and 3.3); checked by tests/drills/test_audit_completeness.py against the server's
+    ``log_statement = all`` log.
+    """
+
+    def _exec_command(self, command: Any, *args: Any, **kwargs: Any) -> Any:
+        audit_as = getattr(self.cursor_factory, "audit_as", None)
+        if audit_as is not None:
+            audit, label, target = audit_as
+            audit.statement(command, self, label=label, target=target)
+        return super()._exec_command(command, *args, **kwargs)
 
 
 def _query_summary(raw: bytes) -> dict[str, str] | None:

@@ -21,6 +21,7 @@ import psycopg
 from psycopg import conninfo, sql
 
 from dbchaos import optin
+from dbchaos.audit import AuditedConnection
 from dbchaos.errors import InvalidInput, TargetUnreachable, TargetUnusable
 
 #: the code of the refusal when a pooling proxy sits between dbchaos and PostgreSQL
@@ -188,7 +189,7 @@ class Target:
         e.g. the audit trail's, see :mod:`dbchaos.audit`)."""
         extra = {"cursor_factory": cursor_factory} if cursor_factory is not None else {}
         try:
-            return await psycopg.AsyncConnection.connect(
+            return await AuditedConnection.connect(
                 self.dsn,
                 **self.connect_kwargs(application_name, connect_timeout_s=connect_timeout_s),
                 **extra,

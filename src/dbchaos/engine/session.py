@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
-from dbchaos.audit import AuditLog
+from dbchaos.audit import AuditedConnection, AuditLog
 from dbchaos.engine.spares import SparePool
 from dbchaos.errors import TargetUnreachable
 from dbchaos.targets import Target, parse_dsn
@@ -279,7 +279,7 @@ class SessionFactory:
         if self.audit is not None:
             kwargs["cursor_factory"] = self.audit.cursor_factory(self.fault_id, self.target.name)
         try:
-            conn = await psycopg.AsyncConnection.connect(self.target.dsn, **kwargs)
+            conn = await AuditedConnection.connect(self.target.dsn, **kwargs)
         except psycopg.OperationalError as exc:
             raise TargetUnreachable(self.target.unreachable_message(exc)) from exc
         return FaultSession(conn, conn.info.backend_pid)

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from dbchaos.audit import AuditLog
+from dbchaos.audit import AuditedConnection, AuditLog
 from dbchaos.targets import Target, parse_dsn
 
 #: how many warm sessions to keep per target
@@ -82,7 +82,7 @@ class SparePool:
         if self.audit is not None:
             kwargs["cursor_factory"] = self.audit.cursor_factory("spare", self.target.name)
         try:
-            conn = await psycopg.AsyncConnection.connect(self.target.dsn, **kwargs)
+            conn = await AuditedConnection.connect(self.target.dsn, **kwargs)
         except psycopg.Error:
             return  # the target is away: faults connect (and report) by themselves
         try:

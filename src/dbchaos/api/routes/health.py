@@ -27,7 +27,11 @@ async def health(ctx: Annotated[AppContext, Depends(get_context)]) -> dict[str, 
     role may do (``privileges``: per kind ``ok``, ``missing`` grants and ``degraded``
     observation; docs/least-privilege.md)."""
     target = ctx.target()
-    check = await check_target(target, connect_timeout_s=ctx.settings.connect_timeout_s)
+    check = await check_target(
+        target,
+        connect_timeout_s=ctx.settings.connect_timeout_s,
+        cursor_factory=ctx.audit.cursor_factory("check", target.name),
+    )
     body = check.as_dict()
     body["opt_in_required"] = not ctx.settings.allow_not_opted_in
     if check.opted_in is False:
