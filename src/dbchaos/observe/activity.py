@@ -194,24 +194,36 @@ class Impact:
 
 
 def impact_of(snapshot: Snapshot, pids: Iterable[int]) -> Impact:
-    """Who the sessions ``pids`` block (transitively), what they hold, and the lock tree."""
+    """Who the sessions ``pids`` block (transitively), what they hold, and the lock tree.
+
+    The tree is the breadth-first one: each blocked session appears once, under the first
+    session (nearest a root) it waits on. ``pg_blocking_pids`` names every earlier queued
+    waiter too, so a queue of n conflicting waiters is a dense graph; unfolding every path
+    would grow as 2^n.
+    """
     roots = tuple(pids)
     edges = snapshot.waiters_of()
     seen: dict[int, int] = {}
+    parent_of: dict[int, int] = {}
     frontier = [(p, 0) for p in roots]
     while frontier:
         nxt: list[tuple[int, int]] = []
         for pid, depth in frontier:
-            for w in edges.get(pid, ()):
+            for w in sorted(edges.get(pid, ())):
                 if w not in seen and w not in roots and w in snapshot.sessions:
                     seen[w] = depth + 1
+                    parent_of[w] = pid
                     nxt.append((w, depth + 1))
         frontier = nxt
     blocked = tuple(Blocked(snapshot.sessions[p], d) for p, d in sorted(seen.items(), key=lambda kv: (kv[1], kv[0])))
 
-    def node(pid: int, path: frozenset[int]) -> dict[str, Any]:
+    children_of: dict[int, list[int]] = {}
+    for w, parent in parent_of.items():
+        children_of.setdefault(parent, []).append(w)
+
+    def node(pid: int) -> dict[str, Any]:
         s = snapshot.sessions.get(pid)
-        children = [node(w, path | {w}) for w in sorted(edges.get(pid, ())) if w not in path and w in seen]
+        children = [node(w) for w in sorted(children_of.get(pid, ()))]
         return {
             "pid": pid,
             "application_name": s.application_name if s else None,
@@ -220,7 +232,7 @@ def impact_of(snapshot: Snapshot, pids: Iterable[int]) -> Impact:
             "waits": children,
         }
 
-    tree = tuple(node(p, frozenset({p})) for p in roots)
+    tree = tuple(node(p) for p in roots)
     locks = tuple(lk for p in roots for lk in snapshot.locks.get(p, ()))
     alive = tuple(p for p in roots if p in snapshot.sessions)
     holders = tuple(snapshot.sessions[p] for p in alive)
