@@ -70,3 +70,47 @@ def fault_view(rec: FaultRecord, impact: Impact | None = None) -> dict[str, Any]
         "halted_by": rec.halted_by,
         "impact": impact.as_dict() if impact is not None else None,
     }
+
+
+class DryRunStatement(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    session: str = Field(description="Which of the fault's sessions sends it (fault, reader, migration...)")
+    phase: str = Field(description="connect (a session opens, with its settings), inject or revert")
+    sql: str | None = Field(description="The statement as text, bound values inlined")
+
+
+class DryRunLock(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    locktype: str = Field(description="relation, rows, advisory or connection_slots")
+    mode: str = Field(description="SQL spelling: ACCESS EXCLUSIVE, FOR UPDATE, EXCLUSIVE...")
+    phase: str = Field(description="held (for the duration), inject (one short transaction) or revert")
+
+
+class DryRunBlastRadius(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    in_the_way: list[dict[str, Any]] = Field(description="Sessions holding conflicting locks: the inject would wait")
+    would_block: list[dict[str, Any]] = Field(description="Sessions using those objects in a conflicting mode")
+    row_locks: str | None = Field(description="How row locks were judged: pgrowlocks, relation, or null")
+    notes: list[str]
+
+
+class DryRunAnswer(BaseModel):
+    """``POST /v1/faults?dry_run=true``: what the request would do; nothing was changed (docs/dry-run.md)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    dry_run: bool = Field(description="Always true")
+    kind: str
+    target: str
+    params: dict[str, Any] = Field(description="The parameters, normalised as a real fault would show them")
+    duration_s: float
+    acquire_timeout_s: float
+    session_settings: dict[str, Any] = Field(description="application_name and the server-side bounds of each session")
+    statements: list[DryRunStatement]
+    locks: list[DryRunLock]
+    blast_radius: DryRunBlastRadius
+    details: dict[str, Any]
+    notes: list[str]

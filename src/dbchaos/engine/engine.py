@@ -15,9 +15,9 @@ import math
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -26,6 +26,7 @@ from dbchaos.audit import AuditLog
 from dbchaos.engine import halt
 from dbchaos.engine.control import ControlChannel
 from dbchaos.engine.deadline import check_movable, held_statement_why, moved_deadline
+from dbchaos.engine.dryrun import DryRun, plan_dry_run
 from dbchaos.engine.model import EndReason, FaultRecord, State
 from dbchaos.engine.ownership import new_fault_id
 from dbchaos.engine.pgerrors import translate
@@ -45,6 +46,7 @@ from dbchaos.targets import Target, targets_by_name
 from dbchaos.webhooks import WebhookSink
 
 _log = logging.getLogger("dbchaos.engine")
+T = TypeVar("T")
 
 MAX_ACQUIRE_TIMEOUT_S = 300.0
 MAX_LABELS = 20
@@ -68,6 +70,17 @@ class FaultRequest:
     target: str | None = None
     acquire_timeout_s: float | None = None
     labels: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Validated:
+    """A request that passed the checks that need no database (see ``Engine.validate``)."""
+
+    fault: Fault[Any]
+    target: Target
+    duration_s: float
+    acquire_timeout_s: float
+    labels: dict[str, str]
 
 
 @dataclass
@@ -308,20 +321,10 @@ class Engine:
     async def create(self, req: FaultRequest, *, wait: bool = True) -> FaultRecord:
         """Validate, prepare and start a fault. With ``wait``, return once it is active
         (or raise the reason it could not be acquired)."""
-        if self._closed:
-            raise errors.Conflict("dbchaos is shutting down", code="shutting_down")
-        fault = self.registry.build(req.kind, req.params)
-        target = self.target(req.target)
-        duration = self._duration(req.duration_s, target)
-        acquire = self._acquire(req.acquire_timeout_s)
-        labels = self._labels(req.labels)
-        self._check_cap(target)
+        v = self.validate(req)
+        fault, target, duration, acquire, labels = v.fault, v.target, v.duration_s, v.acquire_timeout_s, v.labels
         channel = self.channel(target)
-        check = await channel.check(max_age_s=CHECK_TTL_S)
-        check.raise_if_unusable()
-        await self.require_opt_in(target, channel)
-        if isinstance(fault, ConnectionExhaustion):
-            fault.reserve = target.policy.connection_reserve
+        await self.check_usable(target, channel)
         fault_id = new_fault_id(self.instance)  # its sessions name this instance (engine/ownership.py)
         fault.env = FaultEnv(fault_id, self.instance, self.owner_key, duration, self.graphs.get(target.name))
         sessions = SessionFactory(
@@ -336,12 +339,7 @@ class Engine:
             sessions.spares = self._spare_pool(target)
             sessions.connect_early()  # a warm session is bound, or one opens, while the look-ups run
         try:
-            await channel.run(fault.prepare)
-            self.check_objects(target, fault)
-            self._check_cap(target)
-        except (psycopg.errors.InsufficientPrivilege, errors.Forbidden) as exc:
-            await sessions.release_all()
-            raise await privileges.explain(channel, fault, exc) from None  # names the grant to add
+            await self.admit(fault, target, channel, lambda: channel.run(fault.prepare))
         except BaseException:
             await sessions.release_all()
             raise
@@ -372,6 +370,49 @@ class Engine:
                     extra={**(m.error.extra if m.error is not None else {}), "fault_id": fault_id},
                 )
         return record
+
+    # ---- the checks create and dry_run share ---------------------------------------
+    def validate(self, req: FaultRequest) -> Validated:
+        """Every check of ``req`` that needs no database: kind and params, target, duration,
+        acquire timeout, labels, the cap."""
+        if self._closed:
+            raise errors.Conflict("dbchaos is shutting down", code="shutting_down")
+        fault = self.registry.build(req.kind, req.params)
+        target = self.target(req.target)
+        duration = self._duration(req.duration_s, target)
+        acquire = self._acquire(req.acquire_timeout_s)
+        labels = self._labels(req.labels)
+        self._check_cap(target)
+        if isinstance(fault, ConnectionExhaustion):
+            fault.reserve = target.policy.connection_reserve
+        return Validated(fault, target, duration, acquire, labels)
+
+    async def check_usable(self, target: Target, channel: ControlChannel) -> None:
+        """502 unless faults can run on ``target`` (version, replica, read-only); 403 unless it opted in."""
+        check = await channel.check(max_age_s=CHECK_TTL_S)
+        check.raise_if_unusable()
+        await self.require_opt_in(target, channel)
+
+    async def admit(
+        self, fault: Fault[Any], target: Target, channel: ControlChannel, prepare: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Run ``prepare`` (which resolves the request through the catalog), then the checks
+        that need its answers: the target's policy on the objects, the cap again. A refused
+        privilege names the grant to add."""
+        try:
+            out = await prepare()
+            self.check_objects(target, fault)
+            self._check_cap(target)
+        except (psycopg.errors.InsufficientPrivilege, errors.Forbidden) as exc:
+            raise await privileges.explain(channel, fault, exc) from None
+        except psycopg.Error as exc:  # e.g. a catalog read met a lock held by someone else (lock_timeout)
+            raise translate(exc, f"{fault.kind} could not be prepared") from None
+        return out
+
+    async def dry_run(self, req: FaultRequest) -> DryRun:
+        """What :meth:`create` would do for ``req``, checked the same way, changing nothing
+        (``?dry_run=true``, ``--dry-run``; see :mod:`dbchaos.engine.dryrun`)."""
+        return await plan_dry_run(self, self.validate(req))
 
     def _check_cap(self, target: Target) -> None:
         cap = self.max_faults(target)

@@ -19,9 +19,10 @@ from psycopg import sql
 from pydantic import BeforeValidator, Field
 
 from dbchaos.engine.model import EndReason
-from dbchaos.engine.session import RELEASE_TIMEOUT_S, SessionFactory
+from dbchaos.engine.session import RELEASE_TIMEOUT_S, Bounds, SessionFactory
 from dbchaos.errors import InvalidInput
 from dbchaos.faults.base import Fault, FaultParams, RevertOutcome
+from dbchaos.faults.plan import FaultPlan, PlannedLock
 
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1
@@ -145,13 +146,29 @@ class AdvisoryLock(Fault[AdvisoryLockParams]):
                 field="params.keys",
             )
 
-    async def inject(self, sessions: SessionFactory) -> None:
+    def lock_statement(self) -> tuple[sql.Composed, tuple[list[int | None], ...]]:
+        """The one statement that takes every key, and its parameters."""
         fn = sql.Identifier("pg_advisory_lock_shared" if self.params.shared else "pg_advisory_lock")
         big = [k if not isinstance(k, tuple) else None for k in self.keys]
         a = [k[0] if isinstance(k, tuple) else None for k in self.keys]
         b = [k[1] if isinstance(k, tuple) else None for k in self.keys]
+        return sql.SQL(_LOCK_SQL).format(fn=fn), (big, a, b)
+
+    async def inject(self, sessions: SessionFactory) -> None:
+        stmt, params = self.lock_statement()
         session = await sessions.open()
-        await session.execute(sql.SQL(_LOCK_SQL).format(fn=fn), (big, a, b))
+        await session.execute(stmt, params)
+
+    async def plan(self, conn: psycopg.AsyncConnection[Any], bounds: Bounds) -> FaultPlan:
+        plan = FaultPlan()
+        plan.connect()
+        stmt, params = self.lock_statement()
+        plan.add(conn, stmt, params)
+        plan.add(conn, "SELECT pg_advisory_unlock_all()", phase="revert")
+        mode = "SHARE" if self.params.shared else "EXCLUSIVE"
+        for k in self.keys:
+            plan.lock(PlannedLock("advisory", mode, key=k, note="session-level: held until unlocked or disconnected"))
+        return plan
 
     async def revert(self, sessions: SessionFactory, reason: EndReason) -> RevertOutcome:
         # Unlock explicitly so the keys are free when revert returns; closing the session

@@ -7,6 +7,9 @@ before anything touches the database, and three steps:
 * :meth:`Fault.inject` — acquire the fault through sessions the engine hands out;
 * :meth:`Fault.revert` — undo it; safe to call twice and after a crash.
 
+:meth:`Fault.plan` says what inject and revert would run and lock, without running them
+(dry runs; see :mod:`dbchaos.faults.plan`).
+
 ``observe`` is generic: the engine reads what the fault's sessions hold and whom they
 block from ``pg_locks`` / ``pg_stat_activity``; :meth:`Fault.details` adds what only
 the kind knows (rows locked, keys held). Kinds never sleep out their duration and
@@ -23,7 +26,8 @@ import psycopg
 from pydantic import BaseModel, ConfigDict
 
 from dbchaos.engine.model import EndReason, State
-from dbchaos.engine.session import SessionFactory
+from dbchaos.engine.session import Bounds, SessionFactory
+from dbchaos.faults.plan import FaultPlan
 
 if TYPE_CHECKING:
     from dbchaos.faults.migration.graph import RevisionGraph
@@ -104,3 +108,13 @@ class Fault(ABC, Generic[P]):
     def objects(self) -> list[str]:
         """Names of the database objects this fault acts on (for conflict checks and display)."""
         return []
+
+    async def plan(self, conn: psycopg.AsyncConnection[Any], bounds: Bounds) -> FaultPlan:
+        """What :meth:`inject` and :meth:`revert` would send and lock, after :meth:`prepare`,
+        on the same connection inside a read-only transaction: reads only, never a lock
+        beyond ACCESS SHARE. Kinds override it; this default knows only that the fault
+        opens a session and that revert closes it."""
+        plan = FaultPlan()
+        plan.connect()
+        plan.notes.append(f"{self.kind} does not describe its statements or locks; a dry run shows only its session")
+        return plan

@@ -28,9 +28,10 @@ from typing import Any
 import psycopg
 from pydantic import Field, model_validator
 
-from dbchaos.engine.session import FaultSession, SessionFactory
+from dbchaos.engine.session import Bounds, FaultSession, SessionFactory
 from dbchaos.errors import Conflict, DbChaosError, InvalidInput
 from dbchaos.faults.base import Fault, FaultParams
+from dbchaos.faults.plan import FaultPlan, PlannedLock
 
 #: Sessions opened concurrently per batch.
 BATCH_SIZE = 20
@@ -202,6 +203,38 @@ class ConnectionExhaustion(Fault[ConnectionExhaustionParams]):
         # The idle_session_timeout clock started when each session connected; restart it
         # now so the first sessions of a long opening do not expire before the deadline.
         await asyncio.gather(*(s.execute("SELECT 1") for s in sessions.sessions))
+
+    async def plan(self, conn: psycopg.AsyncConnection[Any], bounds: Bounds) -> FaultPlan:
+        assert self.slots is not None, "prepare() first"
+        plan = FaultPlan()
+        plan.connect(sessions=self.take)
+        plan.add(conn, _IN_USE_SQL, session="last opened", note="others may have connected meanwhile: count again")
+        plan.add(conn, "SELECT 1", sessions=self.take, note="restarts each session's idle_session_timeout clock")
+        plan.lock(
+            PlannedLock(
+                "connection_slots",
+                "ordinary slots",
+                count=self.take,
+                note="max_connections is per cluster: every database on this server loses these slots",
+            )
+        )
+        plan.details = {
+            "max_connections": self.slots.max_connections,
+            "superuser_reserved_connections": self.slots.superuser_reserved,
+            "reserved_connections": self.slots.reserved,
+            "ordinary_slots": self.slots.ordinary,
+            "in_use_now": self.slots.in_use,
+            "free_now": self.slots.free,
+            "would_take": self.take,
+            "free_ordinary_after": self.slots.free - self.take,
+            "connection_reserve": self.reserve,
+        }
+        plan.notes.append(
+            f"while it holds, new clients of roles without reserved slots get SQLSTATE 53300 (too many connections) "
+            f"once the {self.slots.free - self.take} ordinary slot(s) left are taken; the reserved slots stay free. "
+            "in_use_now counts this dry run's own session. Revert closes every session"
+        )
+        return plan
 
     def details(self) -> dict[str, Any]:
         s = self.slots

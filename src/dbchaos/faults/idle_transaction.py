@@ -21,10 +21,11 @@ import psycopg
 from psycopg import sql
 from pydantic import BeforeValidator, Field
 
-from dbchaos.engine.session import SessionFactory
+from dbchaos.engine.session import Bounds, SessionFactory
 from dbchaos.faults.base import Fault, FaultParams
 from dbchaos.faults.identifiers import Relation
 from dbchaos.faults.names import ISOLATION_LEVELS, isolation_level
+from dbchaos.faults.plan import FaultPlan
 from dbchaos.faults.table_lock import TableName, resolve_tables
 
 
@@ -80,6 +81,20 @@ class IdleTransaction(Fault[IdleTransactionParams]):
     async def inject(self, sessions: SessionFactory) -> None:
         session = await sessions.open()
         await session.execute(idle_transaction_sql(self.relations, self.params.isolation))
+
+    async def plan(self, conn: psycopg.AsyncConnection[Any], bounds: Bounds) -> FaultPlan:
+        plan = FaultPlan()
+        plan.connect()
+        plan.add(conn, idle_transaction_sql(self.relations, self.params.isolation))
+        plan.add(conn, "ROLLBACK", phase="revert")
+        for rel in self.relations:
+            await plan.lock_table(conn, rel, "ACCESS SHARE")
+        if self.params.isolation != "READ COMMITTED":
+            plan.notes.append(
+                f"under {self.params.isolation} the transaction holds its snapshot (backend_xmin): VACUUM cannot "
+                "remove rows deleted after it started, on any table of the database, until it ends"
+            )
+        return plan
 
     def details(self) -> dict[str, Any]:
         return {

@@ -17,11 +17,12 @@ from psycopg import sql
 from pydantic import BeforeValidator, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from dbchaos.engine.pgerrors import translate
-from dbchaos.engine.session import FaultSession, SessionFactory
+from dbchaos.engine.session import Bounds, FaultSession, SessionFactory
 from dbchaos.errors import Conflict, Forbidden, InvalidInput
 from dbchaos.faults.base import Fault, FaultParams
 from dbchaos.faults.identifiers import Relation, resolve_column, resolve_table, table_ref
 from dbchaos.faults.names import ROW_STRENGTHS, row_strength
+from dbchaos.faults.plan import FaultPlan, PlannedLock
 
 MAX_LIMIT = 1_000_000
 MAX_WHERE_COLUMNS = 32
@@ -277,6 +278,67 @@ class RowLock(Fault[RowLockParams]):
             where=self._where_sql(),
             sample=sql.Literal(min(SAMPLE_KEYS, self.params.limit)),
         )
+
+    def matched_statement(self, column: sql.Composable) -> sql.Composed:
+        """``SELECT <column> FROM (SELECT ... ORDER BY <keys> LIMIT n)``: the rows the lock
+        statement would lock, read without locking them (for dry runs)."""
+        assert self.relation is not None
+        keys = self._keys()
+        return sql.SQL(
+            "SELECT {column} FROM (SELECT ctid AS row_ctid, {keys} FROM {table} {where} ORDER BY {keys} LIMIT {limit})"
+            " AS matched"
+        ).format(
+            column=column,
+            keys=sql.SQL(", ").join(keys),
+            table=self.relation.ident,
+            where=self._where_sql(),
+            limit=sql.Placeholder(),
+        )
+
+    # ---- dry run -------------------------------------------------------------------
+    async def plan(self, conn: psycopg.AsyncConnection[Any], bounds: Bounds) -> FaultPlan:
+        assert self.relation is not None
+        params = self._where_params()
+        plan = FaultPlan()
+        plan.connect()
+        plan.add(conn, "BEGIN", note="BEGIN, the lock and the sample travel in one pipeline (one round trip)")
+        plan.add(conn, self.lock_statement(), [*params, self.params.limit])
+        plan.add(conn, self.sample_statement(), params)
+        plan.add(conn, "ROLLBACK", phase="revert")
+        matched = await self._count_matched(conn)
+        if matched is None:
+            plan.notes.append(
+                f"{self.relation.display} is locked against readers right now, so the rows that match could not "
+                "be counted (see blast_radius.in_the_way)"
+            )
+        await plan.lock_table(
+            conn, self.relation, "ROW SHARE", note="taken by SELECT ... FOR; also on the indexes the scan uses"
+        )
+        plan.lock(
+            PlannedLock(
+                "rows",
+                self.params.strength,
+                relation=self.relation,
+                rows=matched,
+                note=f"the first {self.params.limit} matching rows in {', '.join(self.key_names)} order",
+                rows_query=self.matched_statement(sql.SQL("row_ctid")),
+                rows_params=(*params, self.params.limit),
+            )
+        )
+        plan.details = {"rows_matched": matched, "key_columns": self.key_names}
+        return plan
+
+    async def _count_matched(self, conn: psycopg.AsyncConnection[Any]) -> int | None:
+        """How many rows the lock statement would lock now; ``None`` if the table is locked
+        against readers (a short lock_timeout, in a savepoint)."""
+        stmt = self.matched_statement(sql.SQL("count(*)"))
+        try:
+            async with conn.transaction():
+                await conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(CHECK_LOCK_TIMEOUT)))
+                row = await (await conn.execute(stmt, [*self._where_params(), self.params.limit])).fetchone()
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
+            return None
+        return int(row[0]) if row else 0
 
     # ---- inject --------------------------------------------------------------------
     async def inject(self, sessions: SessionFactory) -> None:

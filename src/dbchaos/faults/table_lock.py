@@ -8,10 +8,11 @@ import psycopg
 from psycopg import sql
 from pydantic import BeforeValidator, Field
 
-from dbchaos.engine.session import SessionFactory
+from dbchaos.engine.session import Bounds, SessionFactory
 from dbchaos.faults.base import Fault, FaultParams
 from dbchaos.faults.identifiers import Relation, resolve_table, table_ref
 from dbchaos.faults.names import LOCK_MODES, lock_mode
+from dbchaos.faults.plan import FaultPlan
 
 TableName = Annotated[str | dict[str, str], Field(description='"schema.table" or {"schema", "name"}')]
 
@@ -42,12 +43,27 @@ async def resolve_tables(conn: psycopg.AsyncConnection[Any], tables: list[Any], 
     return rels
 
 
-async def lock_tables(session: Any, rels: list[Relation], mode: str) -> None:
-    """``BEGIN; LOCK TABLE a, b IN <mode> MODE`` on ``session`` (one round trip)."""
+def lock_tables_sql(rels: list[Relation], mode: str) -> sql.Composed:
+    """``BEGIN; LOCK TABLE a, b IN <mode> MODE``."""
     if mode not in LOCK_MODES:  # the mode text is SQL, so it must come from the closed set
         raise ValueError(f"not a lock mode: {mode!r}")
-    stmt = sql.SQL("BEGIN; LOCK TABLE {} IN {} MODE").format(sql.SQL(", ").join(r.ident for r in rels), sql.SQL(mode))
-    await session.execute(stmt)
+    return sql.SQL("BEGIN; LOCK TABLE {} IN {} MODE").format(sql.SQL(", ").join(r.ident for r in rels), sql.SQL(mode))
+
+
+async def lock_tables(session: Any, rels: list[Relation], mode: str) -> None:
+    """:func:`lock_tables_sql` on ``session`` (one round trip)."""
+    await session.execute(lock_tables_sql(rels, mode))
+
+
+async def plan_lock_tables(conn: psycopg.AsyncConnection[Any], rels: list[Relation], mode: str) -> FaultPlan:
+    """The plan of a fault that holds :func:`lock_tables` until revert rolls it back."""
+    plan = FaultPlan()
+    plan.connect()
+    plan.add(conn, lock_tables_sql(rels, mode))
+    plan.add(conn, "ROLLBACK", phase="revert")
+    for rel in rels:
+        await plan.lock_table(conn, rel, mode)
+    return plan
 
 
 class TableLock(Fault[TableLockParams]):
@@ -65,6 +81,9 @@ class TableLock(Fault[TableLockParams]):
     async def inject(self, sessions: SessionFactory) -> None:
         session = await sessions.open()
         await lock_tables(session, self.relations, self.params.mode)
+
+    async def plan(self, conn: psycopg.AsyncConnection[Any], bounds: Bounds) -> FaultPlan:
+        return await plan_lock_tables(conn, self.relations, self.params.mode)
 
     def describe_params(self) -> dict[str, Any]:
         return {

@@ -99,14 +99,21 @@ async def start_attack(
         str | None,
         Query(description="A configured target's URL; others only where the targets file allows ad-hoc targets"),
     ] = None,
+    dry_run: Annotated[
+        bool, Query(description="dbchaos extension: check and plan only, change nothing (docs/dry-run.md)")
+    ] = False,
 ) -> dict[str, Any]:
-    """Answers at once with the attack id; the lock is acquired in the background."""
+    """Answers at once with the attack id; the lock is acquired in the background.
+    With ``dry_run=true``: ``{"status": "dry_run", ...}`` and the plan, no attack."""
     target = check_target_url(ctx, target_database_url)
     duration = target_compat_duration(duration_seconds, ctx, target)
     first_key = _advisory_first_key(advisory_lock_id, lock_count) if lock_type == "advisory_lock" else None
     kind, params = _request(lock_type, target_table, lock_count, first_key)
+    req = FaultRequest(kind, params, duration, target)
     try:
-        rec = await ctx.engine.create(FaultRequest(kind, params, duration, target), wait=False)
+        if dry_run:
+            return {"status": "dry_run", **(await ctx.engine.dry_run(req)).as_dict()}
+        rec = await ctx.engine.create(req, wait=False)
     except errors.DbChaosError as exc:
         raise rename_field(exc, {**_FIELDS[lock_type], **_COMMON_FIELDS}) from None
     remember(

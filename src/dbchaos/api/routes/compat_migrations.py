@@ -74,14 +74,21 @@ async def start_attack(
         str | None,
         Query(max_length=MAX_URL_CHARS, description="Recorded, never fetched (revisions come from --alembic-ini)"),
     ] = None,
+    dry_run: Annotated[
+        bool, Query(description="dbchaos extension: check and plan only, change nothing (docs/dry-run.md)")
+    ] = False,
 ) -> dict[str, Any]:
-    """Answers at once with the attack id; the version table is changed in the background."""
+    """Answers at once with the attack id; the version table is changed in the background.
+    With ``dry_run=true``: ``{"status": "dry_run", ...}`` and the plan, no attack."""
     target = check_target_url(ctx, target_database_url)
     duration = target_compat_duration(duration_seconds, ctx, target)
     if failure_type == "db_behind_code" and ctx.engine.graphs.get(ctx.target(target).name) is None:
         raise errors.InvalidInput(NEEDS_SCRIPTS, code="scripts_not_configured", field="failure_type")
+    req = FaultRequest(KINDS[failure_type], {}, duration, target)
     try:
-        rec = await ctx.engine.create(FaultRequest(KINDS[failure_type], {}, duration, target), wait=False)
+        if dry_run:
+            return {"status": "dry_run", **(await ctx.engine.dry_run(req)).as_dict()}
+        rec = await ctx.engine.create(req, wait=False)
     except errors.DbChaosError as exc:
         raise rename_field(exc, _FIELDS) from None
     remember(

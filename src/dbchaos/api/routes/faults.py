@@ -10,22 +10,36 @@ from fastapi.responses import JSONResponse
 from dbchaos import errors
 from dbchaos.api.context import AppContext, get_context
 from dbchaos.api.errors import error_response, status_for
-from dbchaos.api.schemas import FaultCreate, FaultPatch, fault_view
+from dbchaos.api.schemas import DryRunAnswer, FaultCreate, FaultPatch, fault_view
 from dbchaos.engine.engine import FaultRequest
 
 router = APIRouter(prefix="/v1")
 Ctx = Annotated[AppContext, Depends(get_context)]
 
 
-@router.post("/faults", status_code=201, summary="Inject a fault")
+@router.post(
+    "/faults",
+    status_code=201,
+    summary="Inject a fault",
+    responses={
+        202: {"description": "With ?wait=false: accepted, the fault is still pending"},
+        200: {"model": DryRunAnswer, "description": "With ?dry_run=true: what it would do; nothing changed"},
+    },
+)
 async def create_fault(
     body: FaultCreate,
     ctx: Ctx,
     wait: Annotated[bool, Query(description="Wait until active")] = True,
+    dry_run: Annotated[
+        bool, Query(description="Check and plan only: statements, locks, blast radius; change nothing")
+    ] = False,
 ) -> JSONResponse:
     """Waits until the fault holds (201, `active`), or answers 409 with the failed fault
-    and who was in the way. With `?wait=false`, answers 202 with state `pending` at once."""
+    and who was in the way. With `?wait=false`, answers 202 with state `pending` at once.
+    With `?dry_run=true`, answers 200 with the plan after the same checks (docs/dry-run.md)."""
     req = FaultRequest(body.kind, body.params, body.duration_s, body.target, body.acquire_timeout_s, body.labels)
+    if dry_run:
+        return JSONResponse((await ctx.engine.dry_run(req)).as_dict(), status_code=200)
     try:
         rec = await ctx.engine.create(req, wait=wait)
     except errors.DbChaosError as exc:

@@ -12,14 +12,15 @@ from psycopg import sql
 from pydantic import Field
 
 from dbchaos.engine.model import EndReason
-from dbchaos.engine.session import SessionFactory
+from dbchaos.engine.session import Bounds, SessionFactory
 from dbchaos.errors import Conflict, InvalidInput
 from dbchaos.faults.base import Fault, FaultParams, RevertOutcome
 from dbchaos.faults.identifiers import MAX_IDENTIFIER_BYTES, Relation, parse_ident, resolve_table
 from dbchaos.faults.migration import actions, journal
 from dbchaos.faults.migration.fingerprint import fingerprint
 from dbchaos.faults.migration.graph import RevisionGraph
-from dbchaos.faults.migration.restore import restore
+from dbchaos.faults.migration.restore import LOCK_TIMEOUT_MS, restore
+from dbchaos.faults.plan import FaultPlan, PlannedLock, Recorder
 
 
 class VersionTableParams(FaultParams):
@@ -62,6 +63,14 @@ async def resolve_version_table(conn: psycopg.AsyncConnection[Any], params: Vers
             field="params.version_table",
         )
     return rel
+
+
+def _lock_rows_sql(t: Relation) -> sql.Composed:
+    return sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(t.ident)
+
+
+def _read_rows_sql(t: Relation) -> sql.Composed:
+    return sql.SQL("SELECT version_num::text FROM {}").format(t.ident)
 
 
 def ident_param(value: str, field: str) -> tuple[str, ...]:
@@ -156,6 +165,87 @@ class JournaledFault(Fault[P], Generic[P]):
         """What someone changed since this fault set its state (shown while it is active)."""
         return [d for a in self.acts if (d := await actions.drift(conn, a)) is not None]
 
+    # ---- dry run -------------------------------------------------------------------
+    @abstractmethod
+    async def plan_change(
+        self, conn: psycopg.AsyncConnection[Any], plan: FaultPlan, rec: Recorder
+    ) -> list[dict[str, Any]]:
+        """For a dry run: what :meth:`change` would send (recorded through ``rec``) and lock
+        (added to ``plan``), and the actions it would journal. Reads only, on ``conn``."""
+
+    async def plan(self, conn: psycopg.AsyncConnection[Any], bounds: Bounds) -> FaultPlan:
+        """The journaled inject (journal, change and entry in one transaction) and the
+        journal-driven revert, as :meth:`inject` and :func:`restore` would run them when
+        everything goes to plan. Most catalog reads between them (fingerprints, name checks,
+        drift and verification) are left out."""
+        plan = FaultPlan()
+        fid = self.env.fault_id
+        plan.connect()
+        rec = plan.recorder(conn, phase="inject")
+        if not self.journal_exists:
+            if await journal.exists(conn):
+                await journal.exists(rec.as_connection)
+            else:
+                await journal.ensure(rec.as_connection)  # the check, then the DDL in its own transaction
+                if await _schema_exists(conn):  # the recorder cannot answer ensure's check of it
+                    plan.statements = [s for s in plan.statements if "CREATE SCHEMA" not in (s.sql or "")]
+                plan.notes.append(
+                    "the first journaled fault on this database creates dbchaos's journal "
+                    "(schema dbchaos, table dbchaos.journal) in a transaction of its own"
+                )
+        objects = self.objects()
+        await rec.execute("BEGIN")
+        await journal.claim(rec.as_connection, objects)
+        for obj in sorted(set(objects)):
+            row = await (await conn.execute("SELECT hashtext(%s)", (obj,))).fetchone()
+            assert row is not None
+            plan.lock(
+                PlannedLock(
+                    "advisory",
+                    "EXCLUSIVE",
+                    "inject",
+                    key=(journal.OWNER_LOCK_CLASS, int(row[0])),
+                    note=f"transaction-level: serialises dbchaos faults on {obj}",
+                )
+            )
+        before = await fingerprint(conn, self.fingerprint_oids())
+        acts = await self.plan_change(conn, plan, rec)
+        await journal.insert(
+            rec.as_connection,
+            fault_id=fid,
+            kind=self.kind,
+            owner=self.env.instance,
+            key=self.env.owner_key,
+            objects=objects,
+            actions=acts,
+            fingerprint=before,
+            deadline_epoch=None,
+        )
+        await rec.execute("COMMIT")
+        if self.attempts > 1:
+            plan.notes.append(
+                f"if a lock is not free within the attempt's lock_timeout, the transaction rolls back and is "
+                f"retried, up to {self.attempts} attempts"
+            )
+        # revert: restore() on a new session, as at the deadline
+        plan.connect()
+        rev = plan.recorder(conn, phase="revert")
+        await rev.execute("BEGIN")
+        await rev.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT_MS)))
+        await journal.lock_entry(rev.as_connection, fid)
+        for a in acts:
+            locked = _revert_lock(a)
+            if locked is not None:
+                rel, mode = locked
+                await rev.execute(sql.SQL("LOCK TABLE {} IN {} MODE").format(rel.ident, sql.SQL(mode)))
+                plan.lock(PlannedLock("relation", mode, "revert", relation=rel))
+        for a in reversed(acts):
+            await actions.undo(rev.as_connection, a)
+        await journal.finish(rev.as_connection, fid, "reverted", EndReason.DEADLINE.value, {"verified": True})
+        await rev.execute("COMMIT")
+        plan.details = {"journal_actions": acts}
+        return plan
+
     def details(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for a in self.acts:
@@ -165,6 +255,25 @@ class JournaledFault(Fault[P], Generic[P]):
             elif a["type"] in ("rename_table", "rename_column"):
                 out["hidden_as"] = a["hidden"]
         return out
+
+
+async def _schema_exists(conn: psycopg.AsyncConnection[Any]) -> bool:
+    row = await (await conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (journal.SCHEMA,))).fetchone()
+    return row is not None
+
+
+def _revert_lock(a: dict[str, Any]) -> tuple[Relation, str] | None:
+    """The table lock :func:`actions.lock` takes before undoing ``a`` as planned (the table
+    under its name while the fault is active), or ``None``. A table someone re-created under
+    the original name meanwhile is locked too; a plan cannot know of it."""
+    oid = int(a.get("oid") or 0)
+    if a["type"] == "version_rows":
+        return Relation(oid, a["schema"], a["table"], "r"), "SHARE ROW EXCLUSIVE"
+    if a["type"] == "rename_table":
+        return Relation(oid, a["schema"], a["hidden"], "r"), "ACCESS EXCLUSIVE"
+    if a["type"] in ("rename_column", "create_table", "create_column"):
+        return Relation(oid, a["schema"], a["table"], "r"), "ACCESS EXCLUSIVE"
+    return None
 
 
 class VersionRowsFault(JournaledFault[P], Generic[P]):
@@ -196,17 +305,31 @@ class VersionRowsFault(JournaledFault[P], Generic[P]):
         assert self.table is not None
         t = self.table
         async with conn.pipeline():  # lock and read in one round trip
-            await conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(t.ident))
-            cur = await conn.execute(sql.SQL("SELECT version_num::text FROM {}").format(t.ident))
+            await conn.execute(_lock_rows_sql(t))
+            cur = await conn.execute(_read_rows_sql(t))
         before = sorted(str(r[0]) for r in await cur.fetchall())
-        act = {
+        return await self.apply_all(conn, [self._rows_action(t, before)])
+
+    def _rows_action(self, t: Relation, before: list[str]) -> dict[str, Any]:
+        return {
             "type": "version_rows",
             "schema": t.schema,
             "table": t.name,
             "before": before,
             "after": self.new_rows(before),
         }
-        return await self.apply_all(conn, [act])
+
+    async def plan_change(
+        self, conn: psycopg.AsyncConnection[Any], plan: FaultPlan, rec: Recorder
+    ) -> list[dict[str, Any]]:
+        assert self.table is not None
+        t = self.table
+        await rec.execute(_lock_rows_sql(t))
+        await rec.execute(_read_rows_sql(t))
+        await plan.lock_table(conn, t, "SHARE ROW EXCLUSIVE", phase="inject")
+        act = self._rows_action(t, self.current)
+        await actions.apply(rec.as_connection, act)
+        return [act]
 
     def describe_params(self) -> dict[str, Any]:
         return self.params.model_dump(mode="json")

@@ -18,8 +18,10 @@ from dbchaos.faults.migration.hidden_object import (
     TableName,
     column_name,
     lock_prepared,
+    plan_lock_prepared,
     short_lock_timeout,
 )
+from dbchaos.faults.plan import FaultPlan, Recorder
 
 #: PostgreSQL's INDEX_MAX_KEYS
 MAX_INDEX_COLUMNS = 32
@@ -173,59 +175,94 @@ class ConflictingObject(JournaledFault[ConflictingObjectParams]):
 
     async def change(self, conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
         await short_lock_timeout(conn)
-        note = sql.Literal(f"dbchaos conflicting-object {self.env.fault_id}: dropped when the fault ends")
         if self.params.object == "table":
-            ident = sql.Identifier(self.schema, self.name)
-            await conn.execute(sql.SQL("CREATE TABLE {} ()").format(ident))
-            await conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(ident, note))
-            oid = await _oid(conn, self.schema, self.name)
-            return [{"type": "create_table", "schema": self.schema, "table": self.name, "oid": oid}]
+            for stmt in self._create_sql():
+                await conn.execute(stmt)
+            return [self._action(await _oid(conn, self.schema, self.name))]
         rel = self.table
         assert rel is not None
+        await lock_prepared(conn, rel, self._lock_mode())
+        for stmt in self._create_sql():
+            await conn.execute(stmt)
         if self.params.object == "column":
-            assert self.type_ident is not None
-            await lock_prepared(conn, rel, "ACCESS EXCLUSIVE")
-            col = sql.Identifier(self.column)
-            # nullable and without a default: a catalog-only change, instant on any table size
-            await conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(rel.ident, col, self.type_ident))
-            await conn.execute(
-                sql.SQL("COMMENT ON COLUMN {} IS {}").format(sql.Identifier(rel.schema, rel.name, self.column), note)
-            )
             cur = await conn.execute(
                 "SELECT attnum FROM pg_attribute WHERE attrelid = %s AND attname = %s AND NOT attisdropped",
                 (rel.oid, self.column),
             )
             row = await cur.fetchone()
             assert row is not None
+            return [self._action(rel.oid, int(row[0]))]
+        return [self._action(await _oid(conn, rel.schema, self.index))]
+
+    def _lock_mode(self) -> str:
+        """ADD COLUMN takes ACCESS EXCLUSIVE; CREATE INDEX takes SHARE (writes wait while it builds)."""
+        return "ACCESS EXCLUSIVE" if self.params.object == "column" else "SHARE"
+
+    def _create_sql(self) -> list[sql.Composed]:
+        """The statements that create the object and mark it as dbchaos's."""
+        note = sql.Literal(f"dbchaos conflicting-object {self.env.fault_id}: dropped when the fault ends")
+        if self.params.object == "table":
+            ident = sql.Identifier(self.schema, self.name)
             return [
-                {
-                    "type": "create_column",
-                    "schema": rel.schema,
-                    "table": rel.name,
-                    "oid": rel.oid,
-                    "column": self.column,
-                    "attnum": int(row[0]),
-                    "data_type": self.type_name,
-                }
+                sql.SQL("CREATE TABLE {} ()").format(ident),
+                sql.SQL("COMMENT ON TABLE {} IS {}").format(ident, note),
             ]
-        await lock_prepared(conn, rel, "SHARE")  # what CREATE INDEX takes: writes wait while it builds
-        await conn.execute(
+        rel = self.table
+        assert rel is not None
+        if self.params.object == "column":
+            assert self.type_ident is not None
+            # nullable and without a default: a catalog-only change, instant on any table size
+            return [
+                sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                    rel.ident, sql.Identifier(self.column), self.type_ident
+                ),
+                sql.SQL("COMMENT ON COLUMN {} IS {}").format(sql.Identifier(rel.schema, rel.name, self.column), note),
+            ]
+        return [
             sql.SQL("CREATE INDEX {} ON {} ({})").format(
                 sql.Identifier(self.index), rel.ident, sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
-            )
-        )
-        await conn.execute(sql.SQL("COMMENT ON INDEX {} IS {}").format(sql.Identifier(rel.schema, self.index), note))
-        oid = await _oid(conn, rel.schema, self.index)
-        return [
-            {
-                "type": "create_index",
-                "schema": rel.schema,
-                "index": self.index,
-                "oid": oid,
-                "on_table": rel.name,
-                "columns": self.columns,
-            }
+            ),
+            sql.SQL("COMMENT ON INDEX {} IS {}").format(sql.Identifier(rel.schema, self.index), note),
         ]
+
+    def _action(self, oid: int | None, attnum: int | None = None) -> dict[str, Any]:
+        """The journal's record of the created object (``oid`` unknown in a dry run)."""
+        if self.params.object == "table":
+            return {"type": "create_table", "schema": self.schema, "table": self.name, "oid": oid}
+        rel = self.table
+        assert rel is not None
+        if self.params.object == "column":
+            return {
+                "type": "create_column",
+                "schema": rel.schema,
+                "table": rel.name,
+                "oid": oid,
+                "column": self.column,
+                "attnum": attnum,
+                "data_type": self.type_name,
+            }
+        return {
+            "type": "create_index",
+            "schema": rel.schema,
+            "index": self.index,
+            "oid": oid,
+            "on_table": rel.name,
+            "columns": self.columns,
+        }
+
+    async def plan_change(
+        self, conn: psycopg.AsyncConnection[Any], plan: FaultPlan, rec: Recorder
+    ) -> list[dict[str, Any]]:
+        await short_lock_timeout(rec.as_connection)
+        if self.table is not None:
+            await plan_lock_prepared(conn, plan, self.table, self._lock_mode())
+        for stmt in self._create_sql():
+            await rec.execute(stmt)
+        if self.params.object == "index":
+            plan.notes.append(
+                "CREATE INDEX reads the whole table while it holds SHARE: writes to it wait for the build"
+            )
+        return [self._action(self.table.oid if self.params.object == "column" and self.table else None)]
 
     # ---- answers --------------------------------------------------------------------
     def created(self) -> str:

@@ -26,6 +26,7 @@ from dbchaos.faults.identifiers import (
 )
 from dbchaos.faults.migration import actions
 from dbchaos.faults.migration.base import JournaledFault, VersionTableParams, version_table_name
+from dbchaos.faults.plan import FaultPlan, Recorder
 
 #: the longest a schema-changing fault waits for its lock in one attempt (it never queues longer)
 ATTEMPT_LOCK_TIMEOUT_MS = 500
@@ -47,17 +48,28 @@ async def short_lock_timeout(conn: psycopg.AsyncConnection[Any]) -> None:
     )
 
 
+def lock_sql(rel: Relation, mode: str) -> sql.Composed:
+    if mode not in _LOCK_MODES:  # the mode is SQL text, so it comes from a closed set
+        raise ValueError(f"not a lock mode used here: {mode!r}")
+    return sql.SQL("LOCK TABLE {} IN {} MODE").format(rel.ident, sql.SQL(mode))
+
+
 async def lock_prepared(conn: psycopg.AsyncConnection[Any], rel: Relation, mode: str) -> None:
     """``LOCK TABLE`` ``rel`` in ``mode``; then make sure the name still denotes the table
     ``prepare`` resolved (it may have been renamed or replaced in between)."""
-    if mode not in _LOCK_MODES:  # the mode is SQL text, so it comes from a closed set
-        raise ValueError(f"not a lock mode used here: {mode!r}")
+    stmt = lock_sql(rel, mode)
     async with conn.pipeline():  # lock and check in one round trip
-        await conn.execute(sql.SQL("LOCK TABLE {} IN {} MODE").format(rel.ident, sql.SQL(mode)))
+        await conn.execute(stmt)
         cur = await conn.execute("SELECT to_regclass(%s)::oid::bigint", (f"{quote(rel.schema)}.{quote(rel.name)}",))
     row = await cur.fetchone()
     if row is None or row[0] is None or int(row[0]) != rel.oid:
         raise Conflict(f"{rel.display} was replaced or renamed while the fault was being injected", code="changed")
+
+
+async def plan_lock_prepared(conn: psycopg.AsyncConnection[Any], plan: FaultPlan, rel: Relation, mode: str) -> None:
+    """What :func:`lock_prepared` sends and takes, for a dry run."""
+    plan.add(conn, lock_sql(rel, mode), note="then checks that the name still denotes the table prepare resolved")
+    await plan.lock_table(conn, rel, mode, phase="inject")
 
 
 def hidden_name(name: str, tag: str, n: int = 1) -> str:
@@ -197,29 +209,51 @@ class HiddenObject(JournaledFault[HiddenObjectParams]):
 
     async def change(self, conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
         assert self.table is not None
-        rel, tag = self.table, fault_tag(self.env.fault_id)
+        rel = self.table
         await short_lock_timeout(conn)
         await lock_prepared(conn, rel, "ACCESS EXCLUSIVE")
-        if self.column is None:
-            acts = await hide_table_actions(conn, rel, tag)
-        else:
+        if self.column is not None:
             cur = await conn.execute(
                 "SELECT 1 FROM pg_attribute WHERE attrelid = %s AND attname = %s AND attnum > 0 AND NOT attisdropped",
                 (rel.oid, self.column),
             )
             if await cur.fetchone() is None:
                 raise Conflict(f"column {self.column!r} of {rel.display} is gone", code="changed")
-            acts = [
-                {
-                    "type": "rename_column",
-                    "schema": rel.schema,
-                    "table": rel.name,
-                    "oid": rel.oid,
-                    "column": self.column,
-                    "hidden": await free_column_name(conn, rel.oid, self.column, tag),
-                }
-            ]
-        return await self.apply_all(conn, acts)
+        return await self.apply_all(conn, await self._actions(conn))
+
+    async def _actions(self, conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
+        """The renames (reads only: the free hidden names)."""
+        assert self.table is not None
+        rel, tag = self.table, fault_tag(self.env.fault_id)
+        if self.column is None:
+            return await hide_table_actions(conn, rel, tag)
+        return [
+            {
+                "type": "rename_column",
+                "schema": rel.schema,
+                "table": rel.name,
+                "oid": rel.oid,
+                "column": self.column,
+                "hidden": await free_column_name(conn, rel.oid, self.column, tag),
+            }
+        ]
+
+    async def plan_change(
+        self, conn: psycopg.AsyncConnection[Any], plan: FaultPlan, rec: Recorder
+    ) -> list[dict[str, Any]]:
+        assert self.table is not None
+        await short_lock_timeout(rec.as_connection)
+        await plan_lock_prepared(conn, plan, self.table, "ACCESS EXCLUSIVE")
+        acts = await self._actions(conn)
+        for a in acts:
+            await actions.apply(rec.as_connection, a)
+        what = f"column {self.column} of {self.table.display}" if self.column else f"table {self.table.display}"
+        error = "UndefinedColumn (42703)" if self.column else "UndefinedTable (42P01)"
+        plan.notes.append(
+            f"while it is active, statements that use {what} fail with {error}; hidden names carry 8 hex digits "
+            "of the fault id, so the real fault's names differ from these"
+        )
+        return acts
 
     def details(self) -> dict[str, Any]:
         out = super().details()

@@ -36,14 +36,17 @@ import psycopg
 from pydantic import Field
 
 from dbchaos.engine.model import EndReason, State
-from dbchaos.engine.session import FaultSession, SessionFactory
+from dbchaos.engine.session import Bounds, FaultSession, SessionFactory
 from dbchaos.faults.base import Fault, FaultParams, RevertOutcome
 from dbchaos.faults.identifiers import Relation, resolve_table, table_ref
 from dbchaos.faults.idle_transaction import idle_transaction_sql
-from dbchaos.faults.table_lock import TableName, lock_tables
+from dbchaos.faults.plan import FaultPlan
+from dbchaos.faults.table_lock import TableName, lock_tables, lock_tables_sql
 
 MIGRATION_MODE = "ACCESS EXCLUSIVE"
 POLL_INTERVAL_S = 0.01
+
+_LOCK_TIMEOUT_SQL = "SELECT set_config('lock_timeout', %s, false)"
 
 _REQUEST_SQL = """
 SELECT granted FROM pg_locks
@@ -53,6 +56,12 @@ WHERE pid = %s AND locktype = 'relation' AND relation = %s AND mode = 'AccessExc
 
 class MigrationLockQueueParams(FaultParams):
     table: TableName = Field(description="The table the pretend migration alters")
+
+
+def migration_lock_timeout_ms(bounds: Bounds) -> int:
+    """The migration's own lock_timeout: past the fault's end, so it waits rather than fails
+    (the session's startup lock_timeout is only the acquire timeout)."""
+    return math.ceil((bounds.duration_s + bounds.grace_s) * 1000)
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:
@@ -91,11 +100,8 @@ class MigrationLockQueue(Fault[MigrationLockQueueParams]):
             self.reader = await sessions.open()
             await self.reader.execute(idle_transaction_sql([rel], "READ COMMITTED"))
             self.migration = await sessions.open()
-            # wait (not fail) for the whole fault: the startup lock_timeout is only the acquire timeout
-            self.migration_lock_timeout_ms = math.ceil((sessions.bounds.duration_s + sessions.bounds.grace_s) * 1000)
-            await self.migration.execute(
-                "SELECT set_config('lock_timeout', %s, false)", (str(self.migration_lock_timeout_ms),)
-            )
+            self.migration_lock_timeout_ms = migration_lock_timeout_ms(sessions.bounds)
+            await self.migration.execute(_LOCK_TIMEOUT_SQL, (str(self.migration_lock_timeout_ms),))
             self._pending = asyncio.create_task(self._migrate(self.migration, rel))
             self._pending.add_done_callback(_retrieve)
             await self._wait_until_queued(sessions, rel, self.migration.pid)
@@ -162,6 +168,48 @@ class MigrationLockQueue(Fault[MigrationLockQueueParams]):
         return RevertOutcome(
             State.LOST, "the fault's session went away (PostgreSQL released what it held)", details=details
         )
+
+    async def plan(self, conn: psycopg.AsyncConnection[Any], bounds: Bounds) -> FaultPlan:
+        rel = self.relation
+        assert rel is not None
+        plan = FaultPlan()
+        plan.connect("reader")
+        plan.add(conn, idle_transaction_sql([rel], "READ COMMITTED"), session="reader")
+        plan.connect("migration")
+        plan.add(conn, _LOCK_TIMEOUT_SQL, (str(migration_lock_timeout_ms(bounds)),), session="migration")
+        plan.add(
+            conn,
+            lock_tables_sql([rel], MIGRATION_MODE),
+            session="migration",
+            note="sent, not awaited: it waits behind the reader until revert cancels it",
+        )
+        plan.connect("probe")
+        plan.add(
+            conn,
+            _REQUEST_SQL,
+            session="probe",
+            note="polled with the migration session's pid and the table's oid until the request shows waiting; "
+            "the probe session then closes",
+        )
+        plan.add(
+            conn,
+            "ROLLBACK",
+            session="migration",
+            phase="revert",
+            note="after a cancel request for the waiting LOCK (the queue behind it drains at once)",
+        )
+        plan.add(conn, "ROLLBACK", session="reader", phase="revert")
+        await plan.lock_table(conn, rel, "ACCESS SHARE", session="reader")
+        await plan.lock_table(
+            conn,
+            rel,
+            MIGRATION_MODE,
+            session="migration",
+            granted=False,
+            note="queued, never granted: every later query on the table waits behind it",
+        )
+        plan.details = {"migration_lock_timeout_ms": migration_lock_timeout_ms(bounds)}
+        return plan
 
     def details(self) -> dict[str, Any]:
         return {

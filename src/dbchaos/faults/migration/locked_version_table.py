@@ -19,12 +19,13 @@ from typing import Any
 import psycopg
 from pydantic import Field
 
-from dbchaos.engine.session import SessionFactory
+from dbchaos.engine.session import Bounds, SessionFactory
 from dbchaos.faults.base import Fault
 from dbchaos.faults.identifiers import Relation
 from dbchaos.faults.migration.base import VersionTableParams, resolve_version_table
 from dbchaos.faults.names import conflicts
-from dbchaos.faults.table_lock import LockMode, TableName, lock_tables, resolve_tables
+from dbchaos.faults.plan import FaultPlan
+from dbchaos.faults.table_lock import LockMode, TableName, lock_tables, plan_lock_tables, resolve_tables
 
 #: what Alembic takes on the version table: reading it, and writing it after applying a revision
 READ_MODE = "ACCESS SHARE"
@@ -75,6 +76,12 @@ class LockedVersionTable(Fault[LockedVersionTableParams]):
     async def inject(self, sessions: SessionFactory) -> None:
         session = await sessions.open()
         await lock_tables(session, self.relations, self.params.mode)
+
+    async def plan(self, conn: psycopg.AsyncConnection[Any], bounds: Bounds) -> FaultPlan:
+        plan = await plan_lock_tables(conn, self.relations, self.params.mode)
+        facts = self.details()
+        plan.details = {k: facts[k] for k in ("blocks_alembic_current", "blocks_upgrade_with_work")}
+        return plan
 
     def details(self) -> dict[str, Any]:
         mode = self.params.mode

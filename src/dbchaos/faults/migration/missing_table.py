@@ -14,8 +14,10 @@ from dbchaos.faults.migration.hidden_object import (
     fault_tag,
     hide_table_actions,
     lock_prepared,
+    plan_lock_prepared,
     short_lock_timeout,
 )
+from dbchaos.faults.plan import FaultPlan, Recorder
 
 
 class MissingTableParams(VersionTableParams):
@@ -52,9 +54,25 @@ class MissingTable(JournaledFault[MissingTableParams]):
         t = self.table
         await short_lock_timeout(conn)
         await lock_prepared(conn, t, "ACCESS EXCLUSIVE")
+        return await self.apply_all(conn, await self._actions(conn))
+
+    async def _actions(self, conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
+        """The renames, with the rows to verify after the undo (reads only)."""
+        assert self.table is not None
+        t = self.table
         rows = await actions.version_rows(conn, t.schema, t.name) or []
-        acts = await hide_table_actions(conn, t, fault_tag(self.env.fault_id), version_table=True, rows=rows)
-        return await self.apply_all(conn, acts)
+        return await hide_table_actions(conn, t, fault_tag(self.env.fault_id), version_table=True, rows=rows)
+
+    async def plan_change(
+        self, conn: psycopg.AsyncConnection[Any], plan: FaultPlan, rec: Recorder
+    ) -> list[dict[str, Any]]:
+        assert self.table is not None
+        await short_lock_timeout(rec.as_connection)
+        await plan_lock_prepared(conn, plan, self.table, "ACCESS EXCLUSIVE")
+        acts = await self._actions(conn)
+        for a in acts:
+            await actions.apply(rec.as_connection, a)
+        return acts
 
     def details(self) -> dict[str, Any]:
         out = super().details()
