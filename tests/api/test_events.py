@@ -193,6 +193,23 @@ def test_webhooks_get_every_event_and_a_dead_one_slows_nothing(db: str, tmp_path
         assert "s3cret" not in server.output() and "nobody-listens" not in server.output()
 
 
+def test_webhooks_from_the_targets_file_add_to_the_flag(db: str, tmp_path: Path) -> None:
+    with Receiver() as from_file, Receiver() as from_flag:
+        targets = tmp_path / "targets.toml"
+        targets.write_text(f"webhooks = [{json.dumps(from_file.url)}]\n\n[targets.main]\ndsn = {json.dumps(db)}\n")
+        args = ["--targets-file", str(targets), "--webhook", from_flag.url]
+        with dbchaos_server(args, tmp_path) as server, server.client() as client:
+            fid = client.post("/v1/faults", json=LOCK).json()["id"]
+            client.delete(f"/v1/faults/{fid}")
+            for hook in (from_file, from_flag):
+                wait_for(lambda hook=hook: hook.events_of(fid)[-1:] == ["reverted"], 5)  # type: ignore[misc]
+        assert {body["target"] for _, body in from_file.posts} == {"main"}
+
+        targets.write_text(f'webhooks = ["mailto:ops@example.com"]\n\n[targets.main]\ndsn = {json.dumps(db)}\n')
+        with pytest.raises(AssertionError, match=r"exited early \(2\)"), dbchaos_server(args, tmp_path):
+            pass
+
+
 def test_a_bad_webhook_url_is_a_usage_error(tmp_path: Path) -> None:
     args = ["--target", "postgresql:///nowhere", "--webhook", "ftp://example.com/x"]
     with pytest.raises(AssertionError, match=r"exited early \(2\)"), dbchaos_server(args, tmp_path):

@@ -270,7 +270,13 @@ def _targets_file(settings: Settings, target: str | None) -> tuple[Settings, Tar
                 field="target",
             )
         default = target
-    chosen = replace(settings, target_dsn=None, target_name=default, allow_ad_hoc_targets=found.allow_ad_hoc_targets)
+    chosen = replace(
+        settings,
+        target_dsn=None,
+        target_name=default,
+        allow_ad_hoc_targets=found.allow_ad_hoc_targets,
+        webhooks=settings.webhooks + found.webhooks,
+    )
     return chosen, found
 
 
