@@ -167,12 +167,15 @@ def create_app(config: DemoConfig) -> FastAPI:
         with shop.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
 
+    # The admin endpoints run on the event loop, not in the worker threads: during an outage
+    # every worker thread may be stuck on a lock, and switching the configuration must still work.
+    # (Neither touches the database: building an engine opens no connection.)
     @app.get("/admin/config")
-    def get_config() -> dict[str, Any]:
+    async def get_config() -> dict[str, Any]:
         return {"config": shop.config.describe(), "pool": shop.pool_status()}
 
     @app.put("/admin/config")
-    def set_config(body: ConfigIn) -> dict[str, Any]:
+    async def set_config(body: ConfigIn) -> dict[str, Any]:
         shop.reconfigure(replace(shop.config, mode=body.mode, pool_timeout_s=body.pool_timeout_s))
         return {"config": shop.config.describe()}
 
