@@ -1,6 +1,7 @@
 """Acceptance 2: the dashboard in real headless Chromium (Debian's), against a real
 ``dbchaos lab``: start a table lock from the UI, see blocked sessions and the error rate
-rise on the charts, stop it, see recovery. Screenshots go to test-artifacts/lab/."""
+rise on the charts, stop it, see recovery; play a game day to its end. Screenshots go to
+test-artifacts/lab/."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ By = pytest.importorskip(
 ).By
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def lab() -> Iterator[LabProcess]:
     # a short pool timeout so the naive shop's QueuePool errors show within a short fault
     with private_tmp() as tmp, dbchaos_lab(tmp, "--pool-timeout", "3") as running:
@@ -84,4 +85,42 @@ def test_a_table_lock_from_the_dashboard_shows_on_the_charts_and_recovers(lab: L
     assert driver.find_element(By.CSS_SELECTOR, "#finished-faults tbody tr[data-state='reverted']")
     shot(driver, out, "04-recovered", "live")
     shot(driver, out, "05-faults", "faults")
+    assert console_errors(driver) == []
+
+
+def gameday(driver: Any, key: str) -> str:
+    return str(driver.find_element(By.ID, "gamedays").get_attribute(f"data-{key}") or "")
+
+
+def test_the_idle_transaction_game_day_played_to_its_end(lab: LabProcess, driver: Any) -> None:
+    out = artifacts_dir("gameday-idle-transaction")
+    driver.get(lab.dashboard)
+    until(lambda: number(driver, "throughput") >= 5, 20, "traffic on the charts")
+    click(driver, "#gameday-start-idle-transaction")
+    until(lambda: gameday(driver, "step-kind") == "observe", 15, "the game day to inject and ask to observe")
+    assert gameday(driver, "current") == "idle-transaction"
+    until(lambda: number(driver, "max-blocked10s") >= 1, 15, "orders blocked on the locked rows")
+    shot(driver, out, "01-observe", "gamedays")
+    shot(driver, out, "02-charts", "live")
+    click(driver, "#gameday-continue")
+    until(lambda: gameday(driver, "step-kind") == "act", 10, "the step that asks to act")
+    assert "End session on the root" in driver.find_element(By.ID, "gameday-current").text
+
+    # the user's move: find the root of the lock tree (the idle transaction) and end it
+    root = until(
+        lambda: driver.find_elements(By.CSS_SELECTOR, "#lock-tree li[data-depth='0']"), 15, "the lock tree's root"
+    )[0]
+    assert "idle in transaction" in root.text and "dbchaos fault" in root.text
+    shot(driver, out, "03-lock-tree", "locks")
+    click(driver, "#lock-tree li[data-depth='0'] button[data-terminate]")
+
+    until(lambda: gameday(driver, "finished") == "true", 20, "the game day's check to pass")
+    log = driver.find_element(By.ID, "gameday-current").text
+    assert "no session waits on a lock" in log
+    until(lambda: live(driver, "blocked") == "0" and number(driver, "throughput") >= 5, 20, "the shop to recover")
+    shot(driver, out, "04-done", "gamedays")
+    finished = driver.find_element(By.CSS_SELECTOR, "#finished-faults tbody tr")
+    assert "row-lock" in finished.text and "lost" in finished.text
+    click(driver, "#gameday-abort")  # "Close"
+    until(lambda: gameday(driver, "current") == "", 10, "the game day to be closed")
     assert console_errors(driver) == []

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-import httpx
 import psycopg
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,7 +23,7 @@ from dbchaos.api.schemas import rfc3339
 from dbchaos.lab import deploy as deploys
 from dbchaos.lab.context import Lab, get_lab
 from dbchaos.lab.demo.config import Mode
-from dbchaos.lab.demo_process import DEMO_UNAVAILABLE
+from dbchaos.lab.democonfig import demo_admin, set_mode
 from dbchaos.lab.scenarios import catalogue
 from dbchaos.lab.shopdb import TARGET_NAME
 from dbchaos.targets import mask_dsn
@@ -32,7 +31,6 @@ from dbchaos.targets import mask_dsn
 router = APIRouter(prefix="/lab/api", tags=["lab"])
 LabDep = Annotated[Lab, Depends(get_lab)]
 Ctx = Annotated[AppContext, Depends(get_context)]
-DEMO_ADMIN_TIMEOUT_S = 10.0
 #: the route listing issue 7's experiments (GET /v1/experiments), when the server has it
 EXPERIMENTS_ROUTE = "list_experiments"
 
@@ -130,34 +128,15 @@ async def traffic(
     }
 
 
-async def _demo_admin(lab: Lab, method: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    try:
-        async with httpx.AsyncClient(timeout=DEMO_ADMIN_TIMEOUT_S) as client:
-            res = await client.request(method, f"{lab.demo.url}/admin/config", json=body)
-    except httpx.HTTPError as exc:
-        raise errors.TargetUnavailable(
-            f"the demo shop did not answer its admin endpoint: {type(exc).__name__}", code=DEMO_UNAVAILABLE
-        ) from None
-    if res.status_code != 200:
-        raise errors.TargetUnavailable(
-            f"the demo shop answered {res.status_code} to {method} /admin/config", code=DEMO_UNAVAILABLE
-        )
-    answer: dict[str, Any] = res.json()
-    return answer
-
-
 @router.get("/config", summary="The demo shop's configuration (naive or hardened) and pool")
 async def get_config(lab: LabDep) -> dict[str, Any]:
-    answer = await _demo_admin(lab, "GET")
+    answer = await demo_admin(lab, "GET")
     return {"mode": lab.demo.mode.value, **answer}
 
 
 @router.put("/config", summary="Switch the demo shop between naive and hardened (at run time, no restart)")
 async def put_config(body: ConfigIn, lab: LabDep) -> dict[str, Any]:
-    answer = await _demo_admin(lab, "PUT", {"mode": body.mode.value, "pool_timeout_s": lab.demo.pool_timeout_s})
-    lab.demo.mode = body.mode  # a restart (deploy) keeps it
-    lab.event("config", f"the shop is now {body.mode.value}", mode=body.mode.value)
-    return {"mode": body.mode.value, **answer}
+    return await set_mode(lab, body.mode)
 
 
 @router.post("/deploy", summary="Deploy: the demo's real `alembic upgrade head`, then a restart of the shop")
@@ -193,3 +172,29 @@ async def terminate(pid: int, lab: LabDep) -> dict[str, Any]:
         raise errors.NotFound(f"no client session {pid} in the shop database", code="unknown_session")
     lab.event("terminate", f"ended session {pid} ({result['application_name'] or 'no name'})", pid=pid)
     return result
+
+
+# ---------------------------------------------------------------- game days
+@router.get("/gamedays", summary="The guided game days, and the one being played")
+async def gamedays(lab: LabDep, ctx: Ctx) -> dict[str, Any]:
+    return {"gamedays": lab.gamedays.catalogue(), "current": await lab.gamedays.current(lab, ctx)}
+
+
+@router.get("/gamedays/current", summary="The game day being played (its current step is checked now)")
+async def gameday_current(lab: LabDep, ctx: Ctx) -> dict[str, Any]:
+    return {"current": await lab.gamedays.current(lab, ctx)}
+
+
+@router.post("/gamedays/{gameday_id}/start", summary="Start a game day (injects its fault)")
+async def gameday_start(gameday_id: str, lab: LabDep, ctx: Ctx) -> dict[str, Any]:
+    return {"current": await lab.gamedays.start(gameday_id, lab, ctx)}
+
+
+@router.post("/gamedays/current/continue", summary="Go on from an observe step")
+async def gameday_continue(lab: LabDep, ctx: Ctx) -> dict[str, Any]:
+    return {"current": await lab.gamedays.proceed(lab, ctx)}
+
+
+@router.post("/gamedays/current/abort", summary="Stop the game day (its fault is reverted) and clear it")
+async def gameday_abort(lab: LabDep, ctx: Ctx) -> dict[str, Any]:
+    return {"aborted": await lab.gamedays.abort(lab, ctx)}

@@ -14,6 +14,7 @@ from fastapi import Request
 from dbchaos import errors
 from dbchaos.lab.dbwatch import DbWatch
 from dbchaos.lab.demo_process import DemoShop
+from dbchaos.lab.gamedays import GameDays
 from dbchaos.lab.series import Series
 from dbchaos.lab.shopdb import ShopDatabase
 from dbchaos.lab.traffic import Traffic
@@ -36,8 +37,7 @@ class Lab:
     deploy_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_deploy: dict[str, Any] | None = None
     events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=EVENTS_KEPT))
-    #: the game day engine (dbchaos.lab.gamedays), when the lab has one
-    gamedays: Any = None
+    gamedays: GameDays = field(default_factory=GameDays)
 
     def event(self, kind: str, text: str, **extra: Any) -> dict[str, Any]:
         """Record something the lab did, for the charts' markers and the activity list."""

@@ -645,19 +645,70 @@ async function loadCatalogue() {
   $("scenario-groups").replaceChildren(...groups);
 }
 
-// ------------------------------------------------------------------ game days (filled in by gamedays.js hooks)
-async function loadGamedays() {
-  let data;
-  try {
-    data = await api("/lab/api/gamedays");
-  } catch (err) {
-    if (err instanceof HttpError && err.status === 404) {
-      $("gameday-list").replaceChildren(h("p", { class: "placeholder", text: "Guided game days are not available on this server." }));
-      return null;
-    }
-    throw err;
+// ------------------------------------------------------------------ game days
+// The server runs the steps and checks them; this only shows them and sends the user's moves.
+async function refreshGamedays() {
+  const data = await api("/lab/api/gamedays");
+  const section = $("gamedays");
+  const run = data.current;
+  const busy = !!(run && !run.finished);
+  const listKey = JSON.stringify([data.gamedays.map((g) => g.id), busy]);
+  if (section.dataset.listKey !== listKey) {
+    section.dataset.listKey = listKey;
+    $("gameday-list").replaceChildren(h("ul", { class: "cards" }, data.gamedays.map((g) => h("li", { class: "card gameday", "data-gameday": g.id },
+      h("strong", { text: g.title }), h("p", { text: g.summary }),
+      h("p", { class: "muted", text: `${g.steps.length} steps: ${g.steps.filter((st) => st.kind === "act").length} for you to do` }),
+      h("button", { type: "button", class: "primary", id: `gameday-start-${g.id}`, disabled: busy, onclick: (ev) => gamedayAction(ev, `/lab/api/gamedays/${g.id}/start`) }, `Start “${g.title}”`)))));
   }
-  return data;
+  Object.assign(section.dataset, {
+    current: run ? run.id : "",
+    step: run ? run.step : "",
+    stepKind: run ? run.current.kind : "",
+    finished: run ? String(run.finished) : "",
+  });
+  const box = $("gameday-current");
+  if (!run) {
+    if (box.dataset.key !== "none") {
+      box.dataset.key = "none";
+      box.replaceChildren(h("p", { class: "hint", text: "Pick a game day: it injects a fault, tells you what to watch, asks you to act, and checks what you did against the live lab." }));
+    }
+    return;
+  }
+  const key = JSON.stringify([run.id, run.started_at, run.step, run.finished, (run.log || []).length]);
+  if (box.dataset.key !== key) {
+    box.dataset.key = key;
+    const cur = run.current;
+    const buttons = [];
+    if (!run.finished && cur.kind === "observe") {
+      buttons.push(h("button", { type: "button", class: "primary", id: "gameday-continue", onclick: (ev) => gamedayAction(ev, "/lab/api/gamedays/current/continue") }, "I have seen it: continue"));
+    }
+    buttons.push(h("button", { type: "button", class: run.finished ? "" : "danger", id: "gameday-abort", onclick: (ev) => gamedayAction(ev, "/lab/api/gamedays/current/abort") },
+      run.finished ? "Close" : "Abort (reverts its fault)"));
+    box.replaceChildren(h("article", { class: "card gameday", "aria-labelledby": "gameday-title" },
+      h("h3", { id: "gameday-title", text: run.finished ? `${run.title}: done` : run.title }),
+      h("ol", { class: "steps" }, run.steps.map((st) => h("li", { class: st.state },
+        st.title, st.state === "done" ? " ✓" : "", st.kind === "act" ? h("span", { class: "muted", text: " (your move)" }) : null))),
+      run.log && run.log.length ? h("ul", { class: "plain log" }, run.log.map((line) => h("li", { class: "ok-text", text: `✓ ${line}` }))) : null,
+      h("h4", { text: cur.title }),
+      h("p", { text: cur.text }),
+      cur.hint && !run.finished ? h("p", { class: "hint" }, "Where: ", h("strong", { text: cur.hint })) : null,
+      h("p", { class: "status", id: "gameday-status", role: "status" }),
+      h("div", { class: "buttons" }, buttons)));
+  }
+  $("gameday-status").textContent = run.status || "";
+}
+
+async function gamedayAction(ev, path) {
+  ev.target.disabled = true;
+  try {
+    await api(path, { method: "POST" });
+    showError("gamedays-error", null);
+  } catch (err) {
+    showError("gamedays-error", err);
+  } finally {
+    ev.target.disabled = false;
+    refreshGamedays().catch((err) => showError("gamedays-error", err));
+  }
 }
 
 // ------------------------------------------------------------------ runs and reports (issue 7's experiments)
@@ -734,7 +785,7 @@ async function startExperiment(ev) {
 }
 
 // ------------------------------------------------------------------ start
-window.lab = { api, h, $, poll, showError, fmtS, state, refreshFaults, refreshLocks, refreshMigrations, loadGamedays };
+window.lab = { api, h, $, poll, showError, fmtS, state, refreshFaults, refreshLocks, refreshMigrations, refreshGamedays };
 
 document.addEventListener("DOMContentLoaded", () => {
   initMode();
@@ -747,5 +798,5 @@ document.addEventListener("DOMContentLoaded", () => {
   poll(refreshMigrations, 2000, "migrations-error");
   poll(refreshRuns, 2000, "runs-error");
   api("/lab/api/deploy").then((d) => { if (d.last) showRun(d.last, "Last deploy:"); }).catch(() => {});
-  if (window.labGamedays) window.labGamedays.start();
+  poll(refreshGamedays, 1000, "gamedays-error");
 });
