@@ -46,6 +46,16 @@ probes:
     rate: 20/s
     concurrency: 20
     expect_status: [200]
+  - name: place-order
+    type: http
+    method: POST
+    url: {url}/orders
+    json: {{customer_id: 1, lines: [{{item_id: 2, qty: 1}}]}}
+    timeout: 2s
+    rate: 4/s
+    concurrency: 10
+    expect_status: [201]
+    committed_check: "{url}/orders/by-request/{{request_id}}"
 hypothesis:
   - tolerance: p95 < 2s
     phase: during
@@ -85,6 +95,13 @@ def test_naive_deviates_and_hardened_holds(pg: PgServer, victim_db: str, tmp_pat
     assert j.faults[0].state == "reverted"
     assert j.faults[0].max_blocked >= 1
     assert max(s.blocked for s in j.samples) >= 1
+    # the shop went on waiting for the lock after the client gave up: those orders were placed
+    orders = next(p for p in j.probes if p.name == "place-order").results
+    late = [r for r in orders if r.timed_out and r.committed]
+    assert late, "some timed-out orders committed once the lock was released"
+    for r in late:
+        assert query(victim_db, "SELECT count(*) FROM orders WHERE request_id = %s", (r.request_id,)) == [(1,)]
+    assert any("committed later" in f for f in j.findings)
     html = (tmp_path / "naive.html").read_text()
     assert "QueuePool limit" in html and 'data-verdict="deviated"' in html
 
@@ -98,6 +115,8 @@ def test_naive_deviates_and_hardened_holds(pg: PgServer, victim_db: str, tmp_pat
     during = figures.phase_stats(j, "during")
     assert during.errors > 0
     assert during.p95_ms is not None and during.p95_ms < 2000
+    hardened_orders = next(p for p in j.probes if p.name == "place-order").results
+    assert not any(r.committed for r in hardened_orders), "a 503 order rolled back"
     assert no_dbchaos_sessions(victim_db)
     assert dbchaos_lock_count(victim_db) == 0
 

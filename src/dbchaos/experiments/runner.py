@@ -22,6 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+import psycopg
+
 from dbchaos import errors
 from dbchaos.engine.engine import Engine, FaultRequest
 from dbchaos.engine.model import EndReason, FaultRecord
@@ -54,6 +57,10 @@ HALT_CHECK_INTERVAL_S = 0.25
 DEFAULT_HALT_WINDOW_S = 5.0
 #: how long stopping probes wait for requests still in flight
 PROBE_DRAIN_S = 10.0
+#: committed checks: at most this many failed requests per probe, this many at once
+MAX_COMMIT_CHECKS = 1000
+COMMIT_CHECK_CONCURRENCY = 10
+COMMIT_CHECK_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -217,7 +224,8 @@ class ExperimentRunner:
                 with contextlib.suppress(Exception):
                     await observer.stop()
         self.phase = "done"
-        journal = self._journal(runs, probes)
+        committed = await self._check_commits(runs)
+        journal = self._journal(runs, probes, committed)
         self._tell(journal.verdict)
         if exp.report_json is not None:
             journal.save(exp.report_json)
@@ -303,7 +311,28 @@ class ExperimentRunner:
         rec = self._faults.get(idx)
         return None if rec is None or rec.activated_at is None else self._rel(rec.ended_at)
 
-    def _journal(self, runs: list[ProbeRun], probes: list[Probe]) -> RunJournal:
+    async def _check_commits(self, runs: list[ProbeRun]) -> dict[str, bool]:
+        """For probes with a ``committed_check``: did each failed request's write commit anyway?"""
+        out: dict[str, bool] = {}
+        by_name = {r.probe: r for r in runs}
+        for spec in self.experiment.probes:
+            run = by_name.get(spec.name)
+            if spec.committed_check is None or run is None:
+                continue
+            ids = [r.request_id for r in run.results if not r.ok][:MAX_COMMIT_CHECKS]
+            if not ids:
+                continue
+            try:
+                if spec.type == "http":
+                    out |= await _http_commits(spec.committed_check, ids)
+                else:
+                    dsn = self.target.dsn if spec.uses_target_dsn else getattr(spec.config, "dsn", self.target.dsn)
+                    out |= await _sql_commits(dsn, spec.committed_check, ids)
+            except (httpx.HTTPError, psycopg.Error) as exc:
+                _log.warning("experiment %s: committed_check of probe %s failed: %s", self.id, spec.name, exc)
+        return out
+
+    def _journal(self, runs: list[ProbeRun], probes: list[Probe], committed: dict[str, bool]) -> RunJournal:
         exp = self.experiment
         end_t = self._now()
         windows: list[FaultWindow] = []
@@ -329,6 +358,9 @@ class ExperimentRunner:
         for spec, probe in zip(exp.probes, probes, strict=True):
             run = by_name.get(spec.name)
             results = [_result(r, r.started_mono - self._t0) for r in (run.results if run else [])]
+            for res in results:
+                if res.request_id is not None:
+                    res.committed = committed.get(res.request_id)
             timeout = getattr(spec.config, "timeout_s", None) or 0.0
             infos.append(ProbeInfo(spec.name, spec.type, _describe_target(probe), float(timeout), results))
         samples = [_sample(s, self._t0) for s in self._live.samples if s.observation is not None]
@@ -358,6 +390,32 @@ class ExperimentRunner:
         journal.tolerances = tolerances
         journal.findings = all_findings(journal)
         return journal
+
+
+async def _http_commits(template: str, ids: list[str]) -> dict[str, bool]:
+    sem = asyncio.Semaphore(COMMIT_CHECK_CONCURRENCY)
+    out: dict[str, bool] = {}
+    async with httpx.AsyncClient(timeout=COMMIT_CHECK_TIMEOUT_S) as client:
+
+        async def one(rid: str) -> None:
+            async with sem:
+                resp = await client.get(template.replace("{request_id}", rid))
+                if resp.is_success or resp.status_code == 404:
+                    out[rid] = resp.is_success
+
+        await asyncio.gather(*(one(rid) for rid in ids))
+    return out
+
+
+async def _sql_commits(dsn: str, query: str, ids: list[str]) -> dict[str, bool]:
+    out: dict[str, bool] = {}
+    async with await psycopg.AsyncConnection.connect(
+        dsn, autocommit=True, connect_timeout=5, application_name="dbchaos-committed-check"
+    ) as conn:
+        for rid in ids:
+            cur = await conn.execute(query, {"request_id": rid})
+            out[rid] = (await cur.fetchone()) is not None
+    return out
 
 
 def _describe_target(probe: Probe) -> str:

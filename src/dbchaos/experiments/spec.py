@@ -232,6 +232,9 @@ class _ProbeBase(_Model):
     type: Literal["http", "sql"]
     rate: Rate = DEFAULT_PROBE_RATE_HZ
     concurrency: StrictInt = DEFAULT_PROBE_CONCURRENCY
+    #: after the run, asks whether a failed request's write committed anyway: an URL with
+    #: ``{request_id}`` (HTTP; 2xx = committed) or a query with ``%(request_id)s`` (SQL; a row = committed)
+    committed_check: StrictStr | None = None
 
 
 class _HttpProbe(_ProbeBase):
@@ -291,6 +294,8 @@ class ProbeSpec:
     line: int | None = None
     #: a SQL probe without ``dsn``/``dsn_env`` connects to the experiment's target
     uses_target_dsn: bool = False
+    #: see ``committed_check`` in docs/experiments.md
+    committed_check: str | None = None
 
     def build(self, target_dsn: str | None = None) -> Probe:
         """The probe, ready to open (``target_dsn``: needed when ``uses_target_dsn``)."""
@@ -698,7 +703,7 @@ class _Validator:
                     verify_tls=m.verify_tls,
                     **extra,
                 )
-                return ProbeSpec(m.name, "http", cfg, line)
+                return ProbeSpec(m.name, "http", cfg, line, committed_check=self._committed_check(m, path))
             dsn, own = self._probe_dsn(m, path)
             if dsn is None:
                 return None
@@ -714,7 +719,8 @@ class _Validator:
                 timeout_s=m.timeout,
                 application_name=m.application_name,
             )
-            return ProbeSpec(m.name, "sql", cfg, line, uses_target_dsn=not own)
+            check = self._committed_check(m, path)
+            return ProbeSpec(m.name, "sql", cfg, line, uses_target_dsn=not own, committed_check=check)
         except InvalidInput as exc:
             key = (exc.field or "").rsplit(".", 1)[-1] or "name"
             key = {"json_body": "json"}.get(key, key)
@@ -722,6 +728,19 @@ class _Validator:
             message = message.removeprefix(key + " ")
             self.c.add((*path, key), f"{_display((*path, key))}: {message}")
             return None
+
+    def _committed_check(self, m: _ProbeBase, path: PathT) -> str | None:
+        check = m.committed_check
+        if check is None:
+            return None
+        needle = "{request_id}" if m.type == "http" else "%(request_id)s"
+        if needle not in check:
+            self.c.add((*path, "committed_check"), f"{_display(path)}: committed_check must contain {needle}")
+            return None
+        if m.type == "http" and not check.startswith(("http://", "https://")):
+            self.c.add((*path, "committed_check"), f"{_display(path)}: committed_check must be an http(s) URL")
+            return None
+        return check
 
     def _probe_dsn(self, m: _SqlProbe, path: PathT) -> tuple[str | None, bool]:
         if m.dsn is not None and m.dsn_env is not None:
