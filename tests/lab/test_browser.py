@@ -82,7 +82,7 @@ def test_a_table_lock_from_the_dashboard_shows_on_the_charts_and_recovers(lab: L
         20,
         "recovery: no errors, nothing blocked, answers flowing",
     )
-    assert driver.find_element(By.CSS_SELECTOR, "#finished-faults tbody tr[data-state='reverted']")
+    assert driver.find_element(By.CSS_SELECTOR, "#finished-faults tr[data-kind='table-lock'][data-state='reverted']")
     shot(driver, out, "04-recovered", "live")
     shot(driver, out, "05-faults", "faults")
     assert console_errors(driver) == []
@@ -123,4 +123,35 @@ def test_the_idle_transaction_game_day_played_to_its_end(lab: LabProcess, driver
     assert "row-lock" in finished.text and "lost" in finished.text
     click(driver, "#gameday-abort")  # "Close"
     until(lambda: gameday(driver, "current") == "", 10, "the game day to be closed")
+    assert console_errors(driver) == []
+
+
+def test_every_scenario_form_sends_its_defaults_and_one_starts_from_its_form(lab: LabProcess, driver: Any) -> None:
+    """Acceptance 4 from the dashboard's side: the forms built from the kinds' schemas send
+    the catalogue's defaults (test_scenarios.py starts and reverts each of those on a shop)."""
+    driver.get(lab.dashboard)
+    until(lambda: driver.find_elements(By.CSS_SELECTOR, "form.fault-form"), 15, "the scenario forms")
+    schemas = {k["kind"]: k["params_schema"].get("properties", {}) for k in lab.get("/v1/kinds")["kinds"]}
+    scenarios = [sc for g in lab.get("/lab/api/scenarios")["groups"] for sc in g["scenarios"]]
+    assert len(scenarios) == len(schemas)
+    for sc in scenarios:
+        sent = driver.execute_script("return document.getElementById(arguments[0]).readParams()", f"form-{sc['kind']}")
+        defaults = {k: p["default"] for k, p in schemas[sc["kind"]].items() if p.get("default") not in (None, [])}
+        assert sent == defaults | sc["params"], sc["kind"]
+
+    # advisory-lock's keys are edited as JSON: start it from its form, stop it from the faults panel
+    click(driver, "#scenario-advisory-lock details.start summary")
+    duration = driver.find_element(By.ID, "f-advisory-lock-duration")
+    duration.clear()
+    duration.send_keys("30")
+    click(driver, "#start-advisory-lock")
+    until(lambda: "is active" in driver.find_element(By.ID, "result-advisory-lock").text, 15, "advisory-lock active")
+    click(driver, "#active-faults li[data-kind='advisory-lock'] button[data-fault-id]")
+    until(
+        lambda: driver.find_elements(
+            By.CSS_SELECTOR, "#finished-faults tr[data-kind='advisory-lock'][data-state='reverted']"
+        ),
+        15,
+        "advisory-lock reverted",
+    )
     assert console_errors(driver) == []

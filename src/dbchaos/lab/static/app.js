@@ -364,7 +364,7 @@ function paramsText(params) {
 
 function finishedRow(f) {
   const held = f.activated_at && f.ended_at ? (Date.parse(f.ended_at) - Date.parse(f.activated_at)) / 1000 : null;
-  return h("tr", { "data-state": f.state },
+  return h("tr", { "data-state": f.state, "data-kind": f.kind },
     h("td", {}, h("strong", { text: f.kind }), " ", h("code", { class: "muted", text: shortId(f.id) })),
     h("td", {}, h("span", { class: `badge state-${f.state}`, text: f.state })),
     h("td", { text: f.end_reason || "" }),
@@ -593,16 +593,22 @@ function scenarioCard(sc) {
         h("input", { id: durationId, name: "duration_s", type: "number", min: 1, max: 3600, step: "any", value: sc.duration_s }))),
     h("button", { type: "submit", class: "primary", id: `start-${sc.kind}` }, `Start ${sc.kind}`),
     result);
+  // The parameters the form would send (also used by the browser test to check every form).
+  form.readParams = () => {
+    const params = {};
+    for (const n of names) {
+      const el = form.querySelector(`[name="${n}"]`);
+      const v = readField(el, props[n], required.has(n));
+      if (v !== undefined) params[n] = v;
+    }
+    return params;
+  };
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    const params = {};
+    let params;
     form.querySelectorAll(".field.invalid").forEach((f) => f.classList.remove("invalid"));
     try {
-      for (const n of names) {
-        const el = form.querySelector(`[name="${n}"]`);
-        const v = readField(el, props[n], required.has(n));
-        if (v !== undefined) params[n] = v;
-      }
+      params = form.readParams();
     } catch (err) {
       result.className = "result error";
       result.textContent = err.message;
