@@ -1,10 +1,15 @@
-"""What PostgreSQL shows about the shop, for the dashboard: blocked sessions once a second,
-the live lock tree on request, and ending a session (the game days' "find the blocker").
+"""What PostgreSQL shows about the shop, for the dashboard: its figures once a second, the
+live lock tree on request, and ending a session (the game days' "find the blocker").
 
-One connection of its own (``application_name = 'dbchaos-lab:watch'``, never ``dbchaos:…``,
-which names fault sessions), bounded by server-side timeouts, reopened after an error.
-The lock tree is built with :mod:`dbchaos.observe.activity`, the same code that computes a
-fault's impact.
+The per-second figures (sessions waiting on a lock, idle transactions, connection slots)
+come from the experiment observer (:class:`dbchaos.observe.sampler.Observer`, one round
+trip per sample, on its own bounded connection). The lock tree is read on request with
+:mod:`dbchaos.observe.activity` (who waits on whom, what the roots hold) and drawn as the
+observer draws it (:func:`dbchaos.observe.sampler.lock_trees`: each waiter once, with a node
+budget, so a long queue of mutually conflicting waiters stays small). Those reads and
+``pg_terminate_backend`` use one more connection (``application_name = 'dbchaos-lab:watch'``,
+never ``dbchaos:<uuid>``, which names fault sessions), bounded by server-side timeouts and
+reopened after an error.
 """
 
 from __future__ import annotations
@@ -12,28 +17,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 import psycopg
 
+from dbchaos.errors import TargetUnreachable
 from dbchaos.lab.series import Series
-from dbchaos.observe.activity import Snapshot, impact_of, take_snapshot
+from dbchaos.observe.activity import Snapshot, take_snapshot
+from dbchaos.observe.sampler import Observer, Sample, lock_trees
+from dbchaos.targets import Target
 
 log = logging.getLogger(__name__)
 
 APPLICATION_NAME = "dbchaos-lab:watch"
 FAULT_PREFIX = "dbchaos:"
+#: lock tree nodes drawn at most (the rest are counted in ``omitted``)
+MAX_TREE_NODES = 200
+OBSERVER_INSTANCE = "lab"
 _OPTIONS = "-c statement_timeout=5000 -c lock_timeout=1000 -c idle_in_transaction_session_timeout=10000"
-
-_COUNTS_SQL = """
-SELECT count(*) FILTER (WHERE wait_event_type = 'Lock'),
-       count(*) FILTER (WHERE wait_event_type = 'Lock' AND application_name NOT LIKE 'dbchaos:%%'),
-       count(*) FILTER (WHERE state LIKE 'idle in transaction%%'),
-       count(*)
-FROM pg_stat_activity
-WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
-"""
 
 _TERMINATE_SQL = """
 SELECT pg_terminate_backend(pid), application_name, state
@@ -50,38 +51,37 @@ def fault_id_of(application_name: str | None) -> str | None:
     return None
 
 
+def _decorate(node: dict[str, Any]) -> dict[str, Any]:
+    node["fault_id"] = fault_id_of(node.get("application_name"))
+    for child in node.get("waits", ()):
+        _decorate(child)
+    return node
+
+
 def lock_tree(snapshot: Snapshot, database: str) -> dict[str, Any]:
     """Who blocks whom in ``database``: the roots (sessions others wait on that wait on
     nobody in turn), each with what it holds and the tree of its waiters, and every waiting
     session as a flat list."""
     sessions = {pid: s for pid, s in snapshot.sessions.items() if s.database == database}
     waiting = [s for s in sessions.values() if s.blocked_by]
-    blockers = {b for s in waiting for b in s.blocked_by}
-    roots = sorted(b for b in blockers if not (sessions.get(b) and sessions[b].blocked_by))
-    if not roots and waiting:  # a cycle (deadlock about to be detected): show every blocker
-        roots = sorted(blockers)
-    impact = impact_of(snapshot, roots)
-    locks: dict[int, list[dict[str, Any]]] = {}
-    for lk in impact.locks:
-        locks.setdefault(lk.pid, []).append(lk.as_dict())
-    out_roots = []
-    for node in impact.tree:
-        pid = node["pid"]
-        s = sessions.get(pid) or snapshot.sessions.get(pid)
-        out_roots.append(
-            node
+    trees, omitted = lock_trees(Snapshot(snapshot.taken_at, sessions, snapshot.locks), {}, MAX_TREE_NODES)
+    roots = []
+    for tree in trees:
+        s = sessions.get(tree["pid"])
+        roots.append(
+            _decorate(tree)
             | {
-                "fault_id": fault_id_of(s.application_name if s else None),
                 "user": s.user if s else None,
                 "xact_age_s": round(s.xact_age_s, 3) if s and s.xact_age_s is not None else None,
                 "state_age_s": round(s.state_age_s, 3) if s and s.state_age_s is not None else None,
-                "locks": locks.get(pid, []),
+                "locks": [lk.as_dict() for lk in snapshot.locks.get(tree["pid"], ())],
             }
         )
     return {
         "taken_at": snapshot.taken_at,
         "database": database,
-        "roots": out_roots,
+        "roots": roots,
+        "omitted": omitted,
         "blocked": [
             {
                 "pid": s.pid,
@@ -150,26 +150,45 @@ class DbWatch:
             with contextlib.suppress(Exception):
                 await conn.close()
 
-    async def sample(self) -> None:
-        async def counts(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int, int, int]:
-            cur = await conn.execute(_COUNTS_SQL)
-            row = await cur.fetchone()
-            assert row is not None
-            return int(row[0]), int(row[1]), int(row[2]), int(row[3])
-
-        blocked, blocked_app, idle, total = await self._call(counts)
-        self.series.record_database(blocked=blocked, blocked_app=blocked_app, idle_in_transaction=idle, sessions=total)
+    def record(self, sample: Sample) -> None:
+        """One observer sample into the series (a failed sample leaves the second empty)."""
+        o = sample.observation
+        if o is None:
+            self.last_error = sample.error
+            return
+        self.last_error = None
+        listed_faults = sum(1 for w in o.waiting if w.application_name.startswith(FAULT_PREFIX))
+        self.series.record_database(
+            blocked=o.waiting_count,
+            blocked_app=max(0, o.waiting_count - listed_faults),
+            idle_in_transaction=o.idle_in_transaction.count,
+            sessions=o.sessions,
+            connections=o.connections.used,
+            max_connections=o.connections.max,
+            longest_wait_s=o.max_wait_s,
+            at=sample.time,
+        )
 
     async def run(self) -> None:
-        """Sample until cancelled (errors are kept in :attr:`last_error`, sampling goes on)."""
-        try:
-            while True:
-                started = time.monotonic()
-                with contextlib.suppress(psycopg.Error, OSError):
-                    await self.sample()
-                await asyncio.sleep(max(0.05, self.interval_s - (time.monotonic() - started)))
-        finally:
-            await self._drop()
+        """Sample once a second until cancelled; an unreachable database is retried."""
+        target = Target("shop", self.dsn)
+        while True:
+            observer = Observer(
+                target,
+                instance=OBSERVER_INSTANCE,
+                rate_hz=1.0 / self.interval_s,
+                max_samples=120,
+                on_sample=self.record,
+            )
+            try:
+                await observer.start()
+                while observer.running:
+                    await asyncio.sleep(1.0)
+            except TargetUnreachable as exc:
+                self.last_error = exc.message
+            finally:
+                await observer.stop()
+            await asyncio.sleep(self.interval_s)
 
     async def lock_tree(self) -> dict[str, Any]:
         async def tree(conn: psycopg.AsyncConnection[Any]) -> dict[str, Any]:

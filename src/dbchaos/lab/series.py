@@ -42,6 +42,11 @@ class Bucket:
     blocked_app: int | None = None
     idle_in_transaction: int | None = None
     sessions: int | None = None
+    #: client connections of the whole server, and its max_connections
+    connections: int | None = None
+    max_connections: int | None = None
+    #: the longest current lock wait, seconds
+    longest_wait_s: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         lat = sorted(self.latencies)
@@ -64,6 +69,9 @@ class Bucket:
             "blocked_app": self.blocked_app,
             "idle_in_transaction": self.idle_in_transaction,
             "sessions": self.sessions,
+            "connections": self.connections,
+            "max_connections": self.max_connections,
+            "longest_wait_s": None if self.longest_wait_s is None else round(self.longest_wait_s, 3),
         }
 
 
@@ -137,13 +145,29 @@ class Series:
         b.in_flight = max(count, b.in_flight or 0)
 
     def record_database(
-        self, *, blocked: int, blocked_app: int, idle_in_transaction: int, sessions: int, at: float | None = None
+        self,
+        *,
+        blocked: int,
+        blocked_app: int,
+        idle_in_transaction: int,
+        sessions: int,
+        connections: int | None = None,
+        max_connections: int | None = None,
+        longest_wait_s: float | None = None,
+        at: float | None = None,
     ) -> None:
+        """One look at the database; several in one second keep the worst of each figure."""
         b = self.bucket(at)
         b.blocked = max(blocked, b.blocked or 0)
         b.blocked_app = max(blocked_app, b.blocked_app or 0)
         b.idle_in_transaction = max(idle_in_transaction, b.idle_in_transaction or 0)
         b.sessions = max(sessions, b.sessions or 0)
+        if connections is not None:
+            b.connections = max(connections, b.connections or 0)
+        if max_connections is not None:
+            b.max_connections = max_connections
+        if longest_wait_s is not None:
+            b.longest_wait_s = max(longest_wait_s, b.longest_wait_s or 0.0)
 
     def buckets(self, since: float | None = None, *, include_current: bool = False) -> list[Bucket]:
         """Buckets after second ``since`` (exclusive), the current, unfinished second only

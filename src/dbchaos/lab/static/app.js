@@ -200,6 +200,7 @@ async function refreshTraffic() {
   $("now-inflight").textContent = last && last.in_flight !== null ? `${last.in_flight}` : "–";
   $("now-errors").textContent = last ? fmtPct(last.error_rate) : "–";
   $("now-blocked").textContent = last && last.blocked !== null ? `${last.blocked}` : "–";
+  $("now-connections").textContent = last && last.connections !== null ? `${last.connections} of ${last.max_connections}` : "–";
   // Values for people and for tests: the last complete second, and the worst of the last ten.
   const live = $("live");
   Object.assign(live.dataset, {
@@ -209,6 +210,7 @@ async function refreshTraffic() {
     inFlight: last && last.in_flight !== null ? last.in_flight : "",
     errorRate: last && last.error_rate !== null ? last.error_rate : "",
     blocked: last && last.blocked !== null ? last.blocked : "",
+    connections: last && last.connections !== null ? last.connections : "",
     maxErrorRate10s: maxOf("error_rate"),
     maxBlocked10s: maxOf("blocked"),
     activeFaults: windows.filter((w) => w.end === null).length,
@@ -401,7 +403,8 @@ function renderLocks(data) {
   if (!data.roots.length) {
     tree.replaceChildren(h("p", { class: "empty", text: "Nobody waits on a lock in the shop database." }));
   } else {
-    tree.replaceChildren(h("ul", { class: "tree" }, data.roots.map((r) => lockNode(r, 0))));
+    tree.replaceChildren(h("ul", { class: "tree" }, data.roots.map((r) => lockNode(r, 0))),
+      data.omitted ? h("p", { class: "muted", text: `… and ${data.omitted} more waiting session(s) not drawn` }) : "");
   }
   const rows = data.blocked.slice(0, 40).map((b) => h("tr", {},
     h("td", { text: b.pid }), h("td", { text: b.application_name || "" }), h("td", { "data-age": `w${b.pid}`, text: fmtS(b.wait_s) }),
