@@ -806,6 +806,6 @@ document.addEventListener("DOMContentLoaded", () => {
   poll(refreshLocks, 1000, "locks-error");
   poll(refreshMigrations, 2000, "migrations-error");
   poll(refreshRuns, 2000, "runs-error");
-  api("/lab/api/deploy").then((d) => { if (d.last) showRun(d.last, "Last deploy:"); }).catch(() => {});
+  api("/lab/api/deploy").then((d) => { if (d.last) showRun(d.last, "Last deploy:"); }).catch((err) => showError("migrations-error", err));
   poll(refreshGamedays, 1000, "gamedays-error");
 });
