@@ -209,3 +209,28 @@ def test_patch_is_audited_and_needs_inject(db: str) -> None:
         assert any(e.get("method") == "PATCH" for e in events), events
         # the statement that moved the session's timeouts is in the trail too
         assert any("idle_in_transaction_session_timeout" in str(e.get("sql", "")) for e in events), events
+
+
+@pytest.mark.drill
+def test_the_briefs_numbers_a_3s_lock_extended_to_8s(db: str, tmp_path: Path) -> None:
+    """With the default 2 s grace, against a running server: a 3 s lock extended to 8 s is
+    still held at 6 s (past both its old deadline and its old server-side bounds) and released
+    shortly after 8 s by dbchaos; a fault cannot be extended past the maximum."""
+    with dbchaos_server(["--target", db], tmp_path) as server, server.client() as client:
+        fault = client.post("/v1/faults", json=lock(duration_s=3)).json()
+        activated = parse(fault["activated_at"])
+        assert client.patch(f"/v1/faults/{fault['id']}", json={"duration_s": 8}).status_code == 200
+        time.sleep(max(0.0, activated + 6 - time.time()))
+        assert held(db)
+        wait_for(lambda: not held(db), 4.0, what="the lock to be released after 8 s")
+        released = time.time() - activated
+        assert 8.0 <= released < 9.5, released
+        done = client.get(f"/v1/faults/{fault['id']}").json()
+        assert (done["state"], done["end_reason"]) == ("reverted", "deadline")
+
+        other = client.post("/v1/faults", json=lock("users", duration_s=3)).json()
+        too_long = client.patch(f"/v1/faults/{other['id']}", json={"duration_s": 3601})
+        assert too_long.status_code == 422 and too_long.json()["max_duration_s"] == 3600
+        short = client.patch(f"/v1/faults/{other['id']}", json={"extend_by_s": -1.5})
+        assert short.status_code == 200
+        wait_for(lambda: not held(db, "users"), 3.0)
