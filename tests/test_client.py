@@ -119,15 +119,10 @@ def test_wait_false_and_dry_run(db: str, server: ServerProcess) -> None:
         assert pending.state in ("pending", "active")
         wait_for(lambda: chaos.get(pending.id).state == "active", 5)
         chaos.abort(pending.id)
-        try:
-            plan = chaos.inject("table-lock", ITEMS, dry_run=True)
-        except DbChaosApiError as exc:  # a server without dry runs ignores or refuses the flag
-            pytest.skip(f"this server has no dry run yet: {exc}")
-        if plan.model_extra is not None and "id" in plan.model_extra:
-            chaos.abort(str(plan.model_extra["id"]))
-            pytest.skip("this server ignores ?dry_run (issue 6 not merged yet)")
+        plan = chaos.inject("table-lock", ITEMS, dry_run=True)
         assert plan.dry_run and plan.kind == "table-lock"
-        assert plan.statements
+        assert plan.statements and plan.locks and plan.session_settings
+        assert [f.state for f in chaos.list()] == ["reverted"]  # only the first fault: the dry run made none
         assert relation_locks(db, "items") == []
 
 

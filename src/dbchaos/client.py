@@ -152,9 +152,17 @@ class DryRun(_Answer):
     target: str | None = None
     params: dict[str, Any] = {}
     duration_s: float | None = None
-    statements: builtins.list[Any] = []
-    locks: builtins.list[Any] = []
-    blast_radius: Any = None
+    acquire_timeout_s: float | None = None
+    labels: dict[str, str] = {}
+    #: the server-side bounds the fault's sessions would carry
+    session_settings: dict[str, Any] = {}
+    #: the SQL it would run, in order (each with its text and purpose)
+    statements: builtins.list[dict[str, Any]] = []
+    #: the locks it would take
+    locks: builtins.list[dict[str, Any]] = []
+    #: sessions in the way now, and sessions it would block
+    blast_radius: dict[str, Any] = {}
+    notes: builtins.list[str] = []
 
 
 class Kind(_Answer):
