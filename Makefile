@@ -1,4 +1,4 @@
-# dbchaos — the two quick-start commands are `make serve` and `make test`.
+# dbchaos — the two quick-start commands are `make lab` and `make test`.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
