@@ -151,6 +151,7 @@ def test_a_second_live_instance_never_reverts_the_first_ones_faults(alembic_db: 
 
 
 @pytest.mark.drill
+@pytest.mark.timeout(300)  # 22 server restarts: over the default 120 s on a busy 2-core machine
 def test_kill_9_at_random_moments_across_inject_active_and_revert(alembic_db: str, tmp_path: Path) -> None:
     """≥ 20 kill points: each cycle injects with a short deadline and kills at a random
     moment (during inject, while active, or while the deadline's revert runs); recovery
