@@ -36,9 +36,11 @@ _MASK = "***"
 
 def parse_dsn(dsn: str) -> dict[str, str]:
     """Split a URI or ``key=value`` DSN into its parts; a clear 422 where it does not parse."""
+    if "\x00" in dsn:  # libpq would read only up to it: another DSN than the one given
+        raise InvalidInput("the target DSN contains a NUL byte", field="target")
     try:
         return {k: str(v) for k, v in conninfo.conninfo_to_dict(dsn).items() if v is not None}
-    except psycopg.ProgrammingError as exc:
+    except (psycopg.ProgrammingError, UnicodeEncodeError) as exc:  # the latter: a lone surrogate
         raise InvalidInput("the target DSN does not parse as a PostgreSQL connection string", field="target") from exc
 
 

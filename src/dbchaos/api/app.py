@@ -14,6 +14,7 @@ from dbchaos.api.context import AppContext
 from dbchaos.api.errors import install_error_handlers
 from dbchaos.api.guard import HostOriginGuard, allowed_hosts_for
 from dbchaos.api.routes import compat_locks, compat_migrations, events, experiments, faults, health, migrations
+from dbchaos.api.schemas import ERROR_RESPONSES
 from dbchaos.audit import DEFAULT_MEMORY, AuditLog, RequestAudit
 from dbchaos.engine.engine import Engine
 from dbchaos.faults.migration.graph import RevisionGraph
@@ -64,6 +65,7 @@ def create_app(
         version=dbchaos.__version__,
         description="Bounded, observable, reversible PostgreSQL faults.",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     app.state.ctx = AppContext(settings=settings, targets=dict(targets), engine=engine, tokens=token_store, audit=audit)
     install_error_handlers(app)

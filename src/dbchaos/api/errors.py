@@ -48,8 +48,14 @@ def status_for(exc: errors.DbChaosError) -> int:
     return 500
 
 
+def _sendable(text: str | None) -> str | None:
+    """``text`` as UTF-8 can carry it: a message that quotes input with a lone surrogate (JSON
+    allows ``"\\udc80"``) must not make the error answer itself fail."""
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(detail: str, code: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
-    return {"detail": detail, "code": code, "field": field, **extra}
+    return {"detail": _sendable(detail), "code": code, "field": _sendable(field), **extra}
 
 
 def error_response(status: int, detail: str, code: str, field: str | None = None, **extra: Any) -> JSONResponse:

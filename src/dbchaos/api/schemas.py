@@ -72,6 +72,34 @@ def fault_view(rec: FaultRecord, impact: Impact | None = None) -> dict[str, Any]
     }
 
 
+class ErrorBody(BaseModel):
+    """Every error answer (``api/errors.py``): one human sentence, a stable code, the field at
+    fault; some add keys (``fault``, ``required_scope``, ``max_duration_s``...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    detail: str = Field(description="One human sentence")
+    code: str = Field(description="A stable snake_case code, e.g. unknown_table")
+    field: str | None = Field(description="The input field at fault (a dotted path), or null")
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+#: The error answers every route may give, declared in the OpenAPI schema (DESIGN §3).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("The body could not be parsed; compat: stopping a migration attack that failed"),
+    401: _error("No token, or an unknown or malformed one (only when tokens are configured)"),
+    403: _error("Not allowed: token scope, foreign Host or Origin, target not opted in, denied object"),
+    404: _error("Unknown route, fault id, attack id or target"),
+    409: _error("Conflicts with the database's or dbchaos's current state (e.g. the lock could not be acquired)"),
+    422: _error("Invalid input, with the field at fault"),
+    429: _error("The cap on concurrent faults is reached"),
+    502: _error("The target is unreachable or cannot run faults (replica, read-only, unsupported version)"),
+}
+
+
 class DryRunStatement(BaseModel):
     model_config = ConfigDict(extra="allow")
 

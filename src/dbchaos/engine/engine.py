@@ -38,7 +38,7 @@ from dbchaos.faults.base import Fault, FaultEnv, FaultParams
 from dbchaos.faults.connection_exhaustion import ConnectionExhaustion
 from dbchaos.faults.migration.graph import RevisionGraph
 from dbchaos.faults.migration.journal import owner_key
-from dbchaos.faults.registry import Registry
+from dbchaos.faults.registry import Registry, bad_text
 from dbchaos.metrics import Metrics
 from dbchaos.observe.activity import Impact, Snapshot, impact_of
 from dbchaos.settings import Settings
@@ -316,6 +316,9 @@ class Engine:
                 f"labels are at most {MAX_LABELS} string pairs (keys up to 64, values up to 256 characters)",
                 field="labels",
             )
+        bad = bad_text(labels, "labels")  # they end up in answers, the audit trail and session tags
+        if bad is not None:
+            raise bad
         return labels
 
     async def create(self, req: FaultRequest, *, wait: bool = True) -> FaultRecord:

@@ -91,7 +91,10 @@ def _error(message: str, node: yaml.Node | None) -> SourceError:
 
 def load(text: str) -> Located:
     """Parse one YAML document; ``SourceError`` with the line of any syntax problem."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # the reader refuses control characters before any parsing
+        raise SourceError(f"YAML syntax error: {exc}", None, None) from None
     try:
         try:
             node = loader.get_single_node()

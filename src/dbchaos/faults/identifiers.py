@@ -7,6 +7,7 @@ No input is ever spliced into SQL text.
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,10 @@ from psycopg import sql
 from dbchaos.errors import Forbidden, InvalidInput
 
 MAX_IDENTIFIER_BYTES = 63
-_UNQUOTED = re.compile(r"[A-Za-z_\u0080-\uffff][A-Za-z0-9_$\u0080-\uffff]*")
+# PostgreSQL takes every non-ASCII character as an identifier character, and folds only
+# ASCII letters to lower case in a UTF-8 database (``downcase_identifier``): ``Émile`` is "Émile".
+_UNQUOTED = re.compile(r"[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_$\u0080-\U0010ffff]*")
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast", "dbchaos"})
 
 
@@ -28,6 +32,7 @@ def parse_ident(text: str, field: str, *, max_parts: int = 2) -> tuple[str, ...]
     """
     if not isinstance(text, str) or not text:
         raise InvalidInput("an identifier must be a non-empty string", code="invalid_identifier", field=field)
+    _check_text(text, field)
     parts: list[str] = []
     i, n = 0, len(text)
     while True:
@@ -52,7 +57,7 @@ def parse_ident(text: str, field: str, *, max_parts: int = 2) -> tuple[str, ...]
             m = _UNQUOTED.match(text, i)
             if not m:
                 raise _bad(text, field, f"an unexpected character at position {i + 1}")
-            part = m.group(0).lower()
+            part = m.group(0).translate(_ASCII_LOWER)
             i = m.end()
         if len(part.encode()) > MAX_IDENTIFIER_BYTES:
             raise InvalidInput(
@@ -70,6 +75,16 @@ def parse_ident(text: str, field: str, *, max_parts: int = 2) -> tuple[str, ...]
     if len(parts) > max_parts:
         raise _bad(text, field, f"more than {max_parts} dotted parts")
     return tuple(parts)
+
+
+def _check_text(text: str, field: str) -> None:
+    """No PostgreSQL name holds a NUL byte or a lone surrogate (which does not even encode)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise _bad(text, field, "a character that is not Unicode (a lone surrogate)") from None
+    if "\x00" in text:
+        raise _bad(text, field, "a NUL byte")
 
 
 def _bad(text: str, field: str, why: str) -> InvalidInput:
@@ -111,6 +126,8 @@ def table_ref(value: Any, field: str) -> tuple[str, ...]:
         if not isinstance(name, str) or not name or (schema is not None and not isinstance(schema, str)):
             raise InvalidInput("a table object needs a string 'name' (and optionally 'schema')", field=field)
         for part, sub in ((schema, "schema"), (name, "name")):
+            if part is not None:
+                _check_text(part, f"{field}.{sub}")
             if part is not None and len(part.encode()) > MAX_IDENTIFIER_BYTES:
                 raise InvalidInput(
                     f"the {sub} is over {MAX_IDENTIFIER_BYTES} bytes",
@@ -152,6 +169,7 @@ async def resolve_table(conn: psycopg.AsyncConnection[Any], parts: tuple[str, ..
 
 async def resolve_column(conn: psycopg.AsyncConnection[Any], rel: Relation, name: str, field: str) -> str:
     """Check that ``name`` (an exact column name) exists on ``rel``."""
+    _check_text(name, field)
     if len(name.encode()) > MAX_IDENTIFIER_BYTES:
         raise InvalidInput(
             f"column name over {MAX_IDENTIFIER_BYTES} bytes",

@@ -40,6 +40,9 @@ class Registry:
         cls = self.get(name)
         if params is not None and not isinstance(params, Mapping):
             raise InvalidInput("params must be an object", field="params")
+        bad = bad_text(params, "params")
+        if bad is not None:
+            raise bad
         try:
             model: FaultParams = cls.params_model.model_validate(dict(params or {}))
         except ValidationError as exc:
@@ -59,6 +62,39 @@ class Registry:
             }
             for name in self.names
         ]
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "contains a NUL byte, which PostgreSQL text cannot hold"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode text (it contains a lone surrogate)"
+    return None
+
+
+def bad_text(value: Any, field: str) -> InvalidInput | None:
+    """A 422 for the first string (key or value) in ``value`` that PostgreSQL could not take as
+    text, or ``None``. Checked before anything reaches the driver, which would fail on it with
+    an error that is not about input (and JSON allows both: ``"\\u0000"``, ``"\\udc80"``)."""
+    if isinstance(value, str):
+        why = _text_problem(value)
+        return None if why is None else InvalidInput(f"{field} {why}", code="invalid_text", field=field)
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            why = _text_problem(key) if isinstance(key, str) else None
+            if why is not None:  # the key is left out of the answer: it may not even encode
+                return InvalidInput(f"a key of {field} {why}", code="invalid_text", field=field)
+            found = bad_text(item, f"{field}.{key}")
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = bad_text(item, f"{field}.{i}")
+            if found is not None:
+                return found
+    return None
 
 
 def invalid_from_validation(exc: ValidationError, prefix: str) -> InvalidInput:

@@ -227,7 +227,7 @@ def test_extra_tables_and_a_custom_version_table(alembic_db: str) -> None:
         ({"version_table": "nope"}, "params.version_table", "unknown_table"),
         ({"version_table": "alembic_version; DROP TABLE accounts"}, "params.version_table", "unknown_table"),
         ({"version_table": "items"}, "params.version_table", "not_a_version_table"),
-        ({"version_table_schema": "nope"}, "params.version_table", "unknown_table"),
+        ({"version_table_schema": "nope"}, "params.version_table_schema", "unknown_schema"),
         ({"mode": "super exclusive"}, "params.mode", "unknown_mode"),
         ({"tables": ["nope"]}, "params.tables.0", "unknown_table"),
         ({"tables": ["items; DROP TABLE accounts"]}, "params.tables.0", "invalid_identifier"),

@@ -111,7 +111,7 @@ BAD_INPUT: list[tuple[dict[str, Any], str]] = [
     ({"version_table": "nope"}, "params.version_table"),
     ({"version_table": "v" * 64}, "params.version_table"),
     ({"version_table": "accounts"}, "params.version_table"),  # no version_num column
-    ({"version_table_schema": "nope"}, "params.version_table"),
+    ({"version_table_schema": "nope"}, "params.version_table_schema"),
 ]
 
 

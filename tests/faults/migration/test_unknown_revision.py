@@ -257,14 +257,14 @@ def test_bad_version_table_is_refused_and_nothing_changes(alembic_db: str, graph
     query(alembic_db, "CREATE TABLE not_versions (id int)")
     bad: list[tuple[dict[str, Any], str, str | None]] = [
         ({"version_table": "no_such_table"}, "params.version_table", "unknown_table"),
-        ({"version_table_schema": "no_such_schema"}, "params.version_table", "unknown_table"),
+        ({"version_table_schema": "no_such_schema"}, "params.version_table_schema", "unknown_schema"),
         ({"version_table": 'alembic_version"; DROP TABLE accounts; --'}, "params.version_table", "unknown_table"),
         ({"version_table": "public.alembic_version"}, "params.version_table", "unknown_table"),  # one exact name
         ({"version_table": "v" * 64}, "params.version_table", None),
         ({"version_table": "é" * 32}, "params.version_table", None),  # 64 bytes
         ({"version_table_schema": "s" * 64}, "params.version_table_schema", None),
         ({"version_table": ""}, "params.version_table", None),
-        ({"version_table": "bad\x00name"}, "params.version_table", "invalid_identifier"),
+        ({"version_table": "bad\x00name"}, "params.version_table", "invalid_text"),
         ({"version_table": "not_versions"}, "params.version_table", "not_a_version_table"),
         ({"version_table": 5}, "params.version_table", None),
     ]

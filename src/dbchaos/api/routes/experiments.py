@@ -48,7 +48,8 @@ class ExperimentCreate(BaseModel):
 
 def _parse(ctx: AppContext, body: ExperimentCreate) -> tuple[Experiment, Target]:
 
-    text = body.experiment if isinstance(body.experiment, str) else json.dumps(body.experiment)
+    # not ASCII-escaped: YAML would read a character beyond U+FFFF, escaped as a pair, as two lone surrogates
+    text = body.experiment if isinstance(body.experiment, str) else json.dumps(body.experiment, ensure_ascii=False)
     if len(text) > MAX_DOCUMENT_CHARS:
         raise errors.InvalidInput(f"the experiment is longer than {MAX_DOCUMENT_CHARS} characters", field="experiment")
     exp = parse_experiment(

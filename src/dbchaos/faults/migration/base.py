@@ -52,7 +52,18 @@ def version_table_name(params: VersionTableParams) -> tuple[str, str]:
 
 async def resolve_version_table(conn: psycopg.AsyncConnection[Any], params: VersionTableParams) -> Relation:
     schema, table = version_table_name(params)
-    rel = await resolve_table(conn, (schema, table), "params.version_table")
+    try:
+        rel = await resolve_table(conn, (schema, table), "params.version_table")
+    except InvalidInput as exc:  # name the schema when it is the schema that does not exist
+        if exc.code == "unknown_table":
+            cur = await conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+            if await cur.fetchone() is None:
+                raise InvalidInput(
+                    f"no schema named {schema!r} in the target database",
+                    code="unknown_schema",
+                    field="params.version_table_schema",
+                ) from None
+        raise
     cur = await conn.execute(
         "SELECT 1 FROM pg_attribute WHERE attrelid = %s AND attname = 'version_num' AND NOT attisdropped", (rel.oid,)
     )
