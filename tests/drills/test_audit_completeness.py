@@ -85,8 +85,8 @@ def label_of(entry: Logged) -> str:
     bind = _BIND.search(entry.sql)
     if bind:
         return bind.group(1)
-    if suffix == "check":  # GET /v1/health's target check
-        return "check"
+    if suffix in ("check", "diagnose"):  # GET /v1/health's target check, the migrations diagnosis
+        return suffix
     parts = suffix.split(":")
     if len(parts) == 1:
         return "control" if re.fullmatch(r"[0-9a-f]{12}", parts[0]) else parts[0]
@@ -129,6 +129,7 @@ def test_the_audit_log_accounts_for_every_statement_postgresql_logged(label: str
             assert client.post("/v1/faults", json={"kind": "behind", "duration_s": 5}).status_code in (409, 422)
             assert client.get("/v1/faults").status_code == 200
             assert client.get("/v1/health").status_code == 200
+            assert client.get("/v1/targets/default/migrations").status_code == 200
             for fid, end in ids.items():
                 if end == "abort":
                     assert client.delete(f"/v1/faults/{fid}").status_code == 200

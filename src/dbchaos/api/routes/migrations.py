@@ -36,6 +36,7 @@ async def migrations_status(
         version_table=version_table,
         version_table_schema=version_table_schema,
         connect_timeout_s=ctx.settings.connect_timeout_s,
+        cursor_factory=ctx.audit.cursor_factory("diagnose", target.name),
     )
     body = diagnosis.as_dict()
     for fault in body["dbchaos_faults"]:

@@ -125,10 +125,12 @@ async def diagnose(
     version_table: str = "alembic_version",
     version_table_schema: str = "public",
     connect_timeout_s: float = 3.0,
+    cursor_factory: Any = None,
 ) -> Diagnosis:
-    """Connect to ``target`` (``TargetUnreachable`` if it cannot) and diagnose its version table."""
+    """Connect to ``target`` (``TargetUnreachable`` if it cannot) and diagnose its version table
+    (``cursor_factory``: the audit trail's, when a server diagnoses)."""
     schema, table = check_version_table_names(version_table, version_table_schema)
-    conn = await target.connect("dbchaos:diagnose", connect_timeout_s=connect_timeout_s)
+    conn = await target.connect("dbchaos:diagnose", connect_timeout_s=connect_timeout_s, cursor_factory=cursor_factory)
     try:
         await conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(STATEMENT_TIMEOUT_MS)))
         return await diagnose_on(conn, target.name, graph, schema, table)
