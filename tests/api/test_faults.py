@@ -90,7 +90,8 @@ def test_wait_false_answers_202_pending(client: TestClient) -> None:
 def test_conflict_answers_409_with_the_failed_fault(client: TestClient, db: str) -> None:
     with psycopg.connect(db, application_name="long-report") as blocker:
         blocker.execute("LOCK TABLE items IN SHARE MODE")
-        resp = _lock(client, acquire_timeout_s=0.3)
+        # a second of waiting: time for dbchaos to see who is in the way, even on a busy machine
+        resp = _lock(client, acquire_timeout_s=1.0)
     assert resp.status_code == 409
     body = resp.json()
     assert body["code"] == "lock_not_acquired"

@@ -502,7 +502,7 @@ class Engine:
 
     async def _watch_blockers(self, m: _Managed) -> None:
         """While acquiring, remember who is in the way (for the failure report)."""
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.02)
         while True:
             pids = m.sessions.pids
             if pids:
