@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve lab test test-all drills browser lint bench clean
+.PHONY: serve lab test test-all fuzz drills browser lint bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "dbchaos needs Python >= 3.11")'
@@ -21,10 +21,15 @@ serve: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/dbchaos lab
 
-## The fast suite: everything but drills and browser tests, on real PostgreSQL (embedded 18 and
-## Debian's 15 if present). Two workers, each with PostgreSQL servers of its own.
+## The fast suite: everything but drills, fuzzing and browser tests, on real PostgreSQL (embedded 18
+## and Debian's 15 if present). Two workers, each with PostgreSQL servers of its own.
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not drill and not browser" -q -n 2
+	$(BIN)/python -m pytest -m "not drill and not browser and not fuzz" -q -n 2
+
+## Fuzzing: schemathesis over the API, hypothesis over the validators, the injection corpus
+## (the 1,200-request schemathesis run is a drill).
+fuzz: $(STAMP)
+	$(BIN)/python -m pytest -m "fuzz and not drill" -q -n 2
 
 ## The slow crash drills only.
 drills: $(STAMP)
