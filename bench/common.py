@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import math
 import multiprocessing
 import os
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from multiprocessing.connection import Connection
@@ -88,7 +89,11 @@ class Check:
 
     def line(self) -> str:
         verdict = "met" if self.met else "MISSED"
-        over = "" if self.met or math.isnan(self.value) else f" (over by {self.value / self.limit - 1:.0%})"
+        over = (
+            ""
+            if self.met or math.isnan(self.value) or not self.limit
+            else f" (over by {self.value / self.limit - 1:.0%})"
+        )
         return f"  {verdict:<6} {self.name}: {self.value:.2f} {self.unit} (target <= {self.limit:g} {self.unit}){over}"
 
 
@@ -325,6 +330,28 @@ def create_fault(http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def hold_small_table_locks(http: httpx.Client, faults: int, duration_s: float) -> list[str]:
+    """``faults`` held ``table-lock`` faults (ACCESS SHARE, one per table ``bench_t<i>``: no two
+    conflict), created one after another; their ids, once the server lists them all active."""
+    ids = [
+        str(
+            create_fault(
+                http,
+                {
+                    "kind": "table-lock",
+                    "params": {"tables": [small_table(i)], "mode": "ACCESS SHARE"},
+                    "duration_s": duration_s,
+                },
+            )["id"]
+        )
+        for i in range(faults)
+    ]
+    active = {f["id"] for f in http.get("/v1/faults").json()["faults"] if f["state"] == "active"}
+    if not active >= set(ids):
+        raise RuntimeError(f"expected {faults} active faults, found {len(active & set(ids))}")
+    return ids
+
+
 def abort_fault(http: httpx.Client, fault_id: str) -> dict[str, Any]:
     r = http.delete(f"/v1/faults/{fault_id}")
     if r.status_code != 200:
@@ -341,6 +368,129 @@ def kinds(http: httpx.Client) -> list[str]:
 
 def parse_rfc3339(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+# ---------------------------------------------------------------------------- open-loop load
+@dataclass
+class Load:
+    """What an open-loop run saw: latencies from each request's due time, errors by name."""
+
+    latencies: list[float] = field(default_factory=list)
+    #: request number -> its latency (for runs that mix several requests)
+    latency_of: dict[int, float] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    late_sends: int = 0  # requests the generator itself sent > 5 ms after their due time
+    rss_samples: list[int] = field(default_factory=list)
+    body_bytes: int = 0
+    #: from the first due time to the last complete answer
+    elapsed_s: float = 0.0
+
+    def error(self, name: str) -> None:
+        self.errors[name] = self.errors.get(name, 0) + 1
+
+
+@dataclass(frozen=True)
+class Answer:
+    status_code: int
+    content: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class KeepAlivePool:
+    """A minimal HTTP/1.1 client for load generation: ``size`` keep-alive connections to one
+    server, requests served first come, first served (the wait for a free connection counts
+    in their latency). A constant, small cost per request: httpx's pool does work in
+    proportion to the requests pending, so once a hiccup queues a thousand of them the
+    driver itself runs out of CPU and the benchmark measures its own backlog."""
+
+    def __init__(self, host: str, port: int, size: int = 64, timeout_s: float = 30.0) -> None:
+        self.host, self.port, self.size, self.timeout_s = host, port, size, timeout_s
+        self._idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter] | None] = asyncio.Queue()
+
+    async def __aenter__(self) -> KeepAlivePool:
+        for _ in range(self.size):
+            self._idle.put_nowait(await asyncio.open_connection(self.host, self.port))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        while not self._idle.empty():
+            conn = self._idle.get_nowait()
+            if conn is not None:
+                conn[1].close()
+
+    async def get(self, path: str) -> Answer:
+        conn = await self._idle.get()
+        try:
+            if conn is None:  # a connection that failed earlier: open a new one
+                conn = await asyncio.open_connection(self.host, self.port)
+            answer = await asyncio.wait_for(self._get(conn, path), self.timeout_s)
+        except BaseException:
+            if conn is not None:
+                conn[1].close()
+            self._idle.put_nowait(None)
+            raise
+        self._idle.put_nowait(conn)
+        return answer
+
+    async def _get(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], path: str) -> Answer:
+        reader, writer = conn
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        length = next(
+            (int(v) for k, _, v in (ln.partition(":") for ln in lines[1:]) if k.lower() == "content-length"), None
+        )
+        if length is None:
+            raise ValueError("an answer without Content-Length")
+        return Answer(status, await reader.readexactly(length))
+
+
+#: one request of an open-loop run: send request ``i``, check the answer, return an error
+#: name (or ``None``); the loop times it
+Call = Callable[[KeepAlivePool, int, Load], Awaitable[str | None]]
+
+
+async def open_loop(server: Server, rate: float, seconds: float, call: Call, *, connections: int = 64) -> Load:
+    """``rate`` requests per second for ``seconds``, open loop: request *i* is due at
+    ``start + i / rate`` whatever happened to the others, and its latency runs from that due
+    time to the complete answer (no coordinated omission: a slow answer cannot delay the
+    next request's clock). Requests go out over ``connections`` keep-alive connections
+    (:class:`KeepAlivePool`). The server's RSS is sampled once a second."""
+    load = Load()
+    n = int(rate * seconds)
+
+    async def one(client: KeepAlivePool, i: int, due: float) -> None:
+        try:
+            problem = await call(client, i, load)
+            load.latencies.append(time.monotonic() - due)
+            load.latency_of[i] = load.latencies[-1]
+            if problem is not None:
+                load.error(problem)
+        except (OSError, EOFError, ValueError, TimeoutError) as exc:  # IncompleteReadError is an EOFError
+            load.error(type(exc).__name__)
+
+    async with KeepAlivePool("127.0.0.1", server.port, connections) as client:
+        tasks: list[asyncio.Task[None]] = []
+        start = time.monotonic() + 0.1
+        next_rss = start
+        for i in range(n):
+            due = start + i / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif -delay > 0.005:
+                load.late_sends += 1
+            tasks.append(asyncio.create_task(one(client, i, due)))
+            if due >= next_rss:
+                load.rss_samples.append(server.rss_bytes())
+                next_rss += 1.0
+        await asyncio.gather(*tasks)
+        load.elapsed_s = time.monotonic() - start
+    load.rss_samples.append(server.rss_bytes())
+    return load
 
 
 # ---------------------------------------------------------------------------- observer

@@ -1,9 +1,9 @@
 """``GET /v1/faults`` latency under an open-loop 100 requests/s while 100 faults are held
 (``table-lock`` ACCESS SHARE on ``bench_t0..bench_t99``), and the server's RSS then.
 
-Open loop: request *i* is due at ``start + i / rate`` whatever happened to the others, and
-its latency runs from that due time to the complete answer (no coordinated omission: a slow
-answer cannot delay the next request's clock).
+Open loop (:func:`bench.common.open_loop`): request *i* is due at ``start + i / rate``
+whatever happened to the others, and its latency runs from that due time to the complete
+answer (no coordinated omission: a slow answer cannot delay the next request's clock).
 
     python -m bench.list_latency [--rate 100] [--seconds 20] [--faults 100]
 """
@@ -14,22 +14,21 @@ import argparse
 import asyncio
 import math
 import time
-from dataclasses import dataclass, field
-
-import httpx
 
 from bench.common import (
+    Call,
     Check,
     Database,
-    Server,
-    create_fault,
+    KeepAlivePool,
+    Load,
     dbchaos_server,
+    hold_small_table_locks,
     median,
     ms,
+    open_loop,
     percentile,
     print_checks,
     print_table,
-    small_table,
     standalone,
 )
 
@@ -37,54 +36,19 @@ P99_LIMIT_MS = 100.0
 RSS_LIMIT_MB = 200.0
 
 
-@dataclass
-class Load:
-    latencies: list[float] = field(default_factory=list)
-    errors: dict[str, int] = field(default_factory=dict)
-    late_sends: int = 0  # requests the generator itself sent > 5 ms after their due time
-    rss_samples: list[int] = field(default_factory=list)
-    body_bytes: int = 0
+def _list_call(expect: int) -> Call:
+    """``GET /v1/faults``: a 200 listing ``expect`` active faults."""
 
-
-async def _one(client: httpx.AsyncClient, due: float, load: Load, expect: int) -> None:
-    try:
+    async def call(client: KeepAlivePool, i: int, load: Load) -> str | None:
         r = await client.get("/v1/faults")
-        body = r.content
-        load.latencies.append(time.monotonic() - due)
+        load.body_bytes = len(r.content)
         if r.status_code != 200:
-            load.errors[f"HTTP {r.status_code}"] = load.errors.get(f"HTTP {r.status_code}", 0) + 1
-        elif body.count(b'"state":"active"') != expect:
-            load.errors["wrong active count"] = load.errors.get("wrong active count", 0) + 1
-        load.body_bytes = len(body)
-    except httpx.HTTPError as exc:
-        name = type(exc).__name__
-        load.errors[name] = load.errors.get(name, 0) + 1
+            return f"HTTP {r.status_code}"
+        if r.content.count(b'"state":"active"') != expect:
+            return "wrong active count"
+        return None
 
-
-async def _open_loop(server: Server, rate: float, seconds: float, expect: int) -> Load:
-    load = Load()
-    n = int(rate * seconds)
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
-    async with httpx.AsyncClient(base_url=server.url, timeout=30.0, limits=limits) as client:
-        for _ in range(5):  # open a few keep-alive connections before the clock starts
-            await client.get("/v1/faults")
-        tasks: list[asyncio.Task[None]] = []
-        start = time.monotonic() + 0.1
-        next_rss = start
-        for i in range(n):
-            due = start + i / rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif -delay > 0.005:
-                load.late_sends += 1
-            tasks.append(asyncio.create_task(_one(client, due, load, expect)))
-            if due >= next_rss:
-                load.rss_samples.append(server.rss_bytes())
-                next_rss += 1.0
-        await asyncio.gather(*tasks)
-    load.rss_samples.append(server.rss_bytes())
-    return load
+    return call
 
 
 def run(db: Database, rate: float = 100.0, seconds: float = 20.0, faults: int = 100) -> list[Check]:
@@ -92,21 +56,10 @@ def run(db: Database, rate: float = 100.0, seconds: float = 20.0, faults: int = 
     with dbchaos_server(db.dsn) as srv, srv.client() as http:
         idle_rss = srv.rss_bytes()
         t0 = time.monotonic()
-        for i in range(faults):
-            create_fault(
-                http,
-                {
-                    "kind": "table-lock",
-                    "params": {"tables": [small_table(i)], "mode": "ACCESS SHARE"},
-                    "duration_s": seconds + 60.0,
-                },
-            )
+        hold_small_table_locks(http, faults, seconds + 60.0)
         setup = time.monotonic() - t0
         held_rss = srv.rss_bytes()
-        active = [f for f in http.get("/v1/faults").json()["faults"] if f["state"] == "active"]
-        if len(active) != faults:
-            raise RuntimeError(f"expected {faults} active faults, found {len(active)}")
-        load = asyncio.run(_open_loop(srv, rate, seconds, faults))
+        load = asyncio.run(open_loop(srv, rate, seconds, _list_call(faults)))
         end_rss = srv.rss_bytes()
         r = http.post("/v1/reset")
         r.raise_for_status()

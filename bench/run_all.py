@@ -10,7 +10,16 @@ from __future__ import annotations
 
 import time
 
-from bench import inject_latency, list_latency, migrations, observer_sample, overshoot, recovery, row_lock
+from bench import (
+    inject_latency,
+    list_latency,
+    migrations,
+    observer_sample,
+    overshoot,
+    recovery,
+    row_lock,
+    status_load,
+)
 from bench.common import Check, print_checks, standalone
 
 
@@ -21,6 +30,7 @@ def main() -> None:
         checks += inject_latency.run(db)
         checks += overshoot.run(db)
         checks += list_latency.run(db)
+        checks += status_load.run(db)
         rl = row_lock.run(db)
         checks += rl
         checks += migrations.run(db)

@@ -29,7 +29,13 @@ class AppContext:
         return targets_by_name(self.targets, name, self.settings.target_name)
 
 
-def get_context(request: Request) -> AppContext:
+def context_of(request: Request) -> AppContext:
     ctx = request.app.state.ctx
     assert isinstance(ctx, AppContext)
     return ctx
+
+
+async def get_context(request: Request) -> AppContext:
+    """The routes' dependency. A coroutine, so that FastAPI calls it on the event loop: a plain
+    function would cost every request a hop to a worker thread and back."""
+    return context_of(request)

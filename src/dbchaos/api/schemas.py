@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,8 +44,12 @@ class FaultPatch(BaseModel):
 
 
 def rfc3339(ts: float | None) -> str | None:
-    if ts is None:
-        return None
+    return None if ts is None else _rfc3339(ts)
+
+
+@functools.lru_cache(maxsize=16_384)
+def _rfc3339(ts: float) -> str:
+    """Memoised: a fault's times never change, and status calls show them again and again."""
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

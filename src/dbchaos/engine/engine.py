@@ -249,7 +249,10 @@ class Engine:
         out: dict[str, Impact] = {}
         for name, recs in by_target.items():
             ch = self.channel(self.target(name))
-            pids = {p for r in recs for p in r.pids}
+            # the locks of every unfinished fault on the target, not only of these: the channel
+            # keeps a snapshot for its TTL, and one that covers them all serves every status call
+            # meanwhile (one per fault would read pg_locks once per GET /v1/faults/{id})
+            pids = {p for r in recs for p in r.pids} | {p for r in self.unfinished(name) for p in r.pids}
             try:
                 snap = await ch.snapshot(pids)
             except (errors.DbChaosError, psycopg.Error) as exc:

@@ -7,6 +7,7 @@ from the ``pg_blocking_pids`` edges of the snapshot.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -80,9 +81,17 @@ class Snapshot:
     taken_at: float
     sessions: dict[int, Session]
     locks: dict[int, tuple[HeldLock, ...]] = field(default_factory=dict)
+    #: impacts already worked out from this snapshot, by pids (status calls share a snapshot
+    #: for the control channel's TTL: a list of 100 faults would otherwise redo 100 of them)
+    _impacts: dict[tuple[int, ...], Impact] = field(default_factory=dict, repr=False, compare=False)
 
     def waiters_of(self) -> dict[int, list[int]]:
-        """blocker pid -> pids it blocks directly."""
+        """blocker pid -> pids it blocks directly (do not change it: computed once per snapshot,
+        which status calls share for the control channel's snapshot TTL)."""
+        return self._waiters
+
+    @functools.cached_property
+    def _waiters(self) -> dict[int, list[int]]:
         edges: dict[int, list[int]] = {}
         for s in self.sessions.values():
             for b in s.blocked_by:
@@ -175,6 +184,11 @@ class Impact:
         return len(self.blocked)
 
     def as_dict(self) -> dict[str, Any]:
+        """The impact as answers show it (worked out once per impact; do not change it)."""
+        return self._as_dict
+
+    @functools.cached_property
+    def _as_dict(self) -> dict[str, Any]:
         return {
             "pids": list(self.pids),
             "locks": [lk.as_dict() | {"pid": lk.pid} for lk in self.locks],
@@ -202,6 +216,9 @@ def impact_of(snapshot: Snapshot, pids: Iterable[int]) -> Impact:
     would grow as 2^n.
     """
     roots = tuple(pids)
+    known = snapshot._impacts.get(roots)
+    if known is not None:
+        return known
     edges = snapshot.waiters_of()
     seen: dict[int, int] = {}
     parent_of: dict[int, int] = {}
@@ -236,4 +253,5 @@ def impact_of(snapshot: Snapshot, pids: Iterable[int]) -> Impact:
     locks = tuple(lk for p in roots for lk in snapshot.locks.get(p, ()))
     alive = tuple(p for p in roots if p in snapshot.sessions)
     holders = tuple(snapshot.sessions[p] for p in alive)
-    return Impact(roots, alive, locks, blocked, tree, holders)
+    impact = snapshot._impacts[roots] = Impact(roots, alive, locks, blocked, tree, holders)
+    return impact

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from dbchaos import errors
-from dbchaos.api.context import AppContext, get_context
+from dbchaos.api.context import AppContext, context_of, get_context
 from dbchaos.experiments.manager import ExperimentManager
 from dbchaos.experiments.spec import Experiment, parse_experiment
 from dbchaos.reports.html import render_html
@@ -29,7 +29,7 @@ def get_manager(request: Request) -> ExperimentManager:
     """The app's experiment manager (made on first use; closed by the app's lifespan)."""
     manager = getattr(request.app.state, "experiments", None)
     if manager is None:
-        manager = ExperimentManager(get_context(request).engine)
+        manager = ExperimentManager(context_of(request).engine)
         request.app.state.experiments = manager
     assert isinstance(manager, ExperimentManager)
     return manager
