@@ -239,3 +239,31 @@ def test_bad_input_is_rejected_and_changes_nothing(alembic_db: str, graph: Revis
     asyncio.run(scenario())
     assert catalog(alembic_db) == before
     assert journal(alembic_db) == []
+
+
+def test_overlapping_faults_on_a_foreign_key_pair_both_revert_verified(alembic_db: str, graph: RevisionGraph) -> None:
+    """invoices.account_id references accounts(id). With accounts.id hidden, the foreign key's text
+    names the hidden column; invoices' own revert must still verify (the fingerprint records the
+    key by the referenced table's oid and column number, not by its text)."""
+    seed(alembic_db)
+    before = snapshot(alembic_db)
+    cat = catalog(alembic_db)
+
+    async def scenario() -> None:
+        async with running_engine(alembic_db, graph) as engine:
+            tab = await engine.create(FaultRequest("hidden-object", {"table": "invoices"}, duration_s=30))
+            # hidden after invoices was recorded: the text of invoices' foreign key changes now
+            col = await engine.create(
+                FaultRequest("hidden-object", {"table": "accounts", "column": "id"}, duration_s=30)
+            )
+            assert col.state is State.ACTIVE and tab.state is State.ACTIVE
+            await engine.abort(tab.id)  # reverted while accounts.id is still hidden
+            assert tab.state is State.REVERTED and tab.details["verified"] is True, tab.error
+            await engine.abort(col.id)
+            assert col.state is State.REVERTED and col.details["verified"] is True, col.error
+
+    asyncio.run(scenario())
+    assert snapshot(alembic_db) == before
+    assert catalog(alembic_db) == cat
+    assert journal(alembic_db) and all(state == "reverted" for _, _, state, _ in journal(alembic_db))
+    assert leftovers(alembic_db) == []

@@ -1,5 +1,9 @@
 """Schema fingerprints: what a table looks like (columns with types, nullability and
-defaults; indexes with definitions and validity; constraints), to prove a revert."""
+defaults; indexes with definitions and validity; constraints), to prove a revert.
+
+A fingerprint describes the table itself: a foreign key is recorded by the referenced table's
+oid and column numbers, not by its text, because the text names the other table's columns and
+another fault (a hidden column there) may rename them while this one is reverted."""
 
 from __future__ import annotations
 
@@ -19,7 +23,14 @@ SELECT c.oid::bigint, jsonb_build_object(
   'indexes', (SELECT coalesce(jsonb_agg(jsonb_build_array(ic.relname, pg_get_indexdef(i.indexrelid), i.indisvalid)
                                         ORDER BY ic.relname), '[]'::jsonb)
               FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid WHERE i.indrelid = c.oid),
-  'constraints', (SELECT coalesce(jsonb_agg(jsonb_build_array(k.conname, pg_get_constraintdef(k.oid))
+  'constraints', (SELECT coalesce(jsonb_agg(jsonb_build_array(k.conname,
+                      CASE WHEN k.contype = 'f'
+                           -- a foreign key by the referenced table's oid and column numbers: its text
+                           -- names them, and another fault may have renamed them meanwhile
+                           THEN jsonb_build_array('f', k.conkey, k.confrelid::bigint, k.confkey, k.confupdtype,
+                                                  k.confdeltype, k.confmatchtype, k.condeferrable,
+                                                  k.condeferred, k.convalidated)
+                           ELSE to_jsonb(pg_get_constraintdef(k.oid)) END)
                                             ORDER BY k.conname), '[]'::jsonb)
                   FROM pg_constraint k WHERE k.conrelid = c.oid))
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
