@@ -81,6 +81,7 @@ def _only_pg18(pg: PgServer) -> None:
         pytest.skip("a 20 s end-to-end run; the runner's database work is covered on 15 by the unit tests")
 
 
+@pytest.mark.drill  # two 16 s runs against the shop: with the slow drills, not in the fast suite
 def test_naive_deviates_and_hardened_holds(pg: PgServer, victim_db: str, tmp_path: Path) -> None:
     _only_pg18(pg)
     with demo_shop(victim_db, tmp_path, pool_timeout=5) as naive:
