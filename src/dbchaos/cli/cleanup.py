@@ -21,7 +21,7 @@ import typer
 from dbchaos import errors
 from dbchaos.api.schemas import fault_view
 from dbchaos.cli import exits
-from dbchaos.cli.common import emit_json, fail_with, resolve_target, stdout
+from dbchaos.cli.common import emit_json, fail_with, stdout, target_or_name
 from dbchaos.engine.engine import Engine
 from dbchaos.engine.model import FaultRecord, State
 from dbchaos.engine.ownership import Census, TargetSession, census
@@ -30,7 +30,6 @@ from dbchaos.faults.migration import journal
 from dbchaos.faults.registry import default_registry
 from dbchaos.settings import Settings
 from dbchaos.targets import Target, check_target
-from dbchaos.targetsfile import load_targets_file
 
 #: how long PostgreSQL may take to end one session before we report it as still there
 TERMINATE_WAIT_MS = 5000
@@ -93,7 +92,7 @@ def cleanup(
     (or nothing to do), 1 a session could not be ended or a revert failed, 2 usage, 3 unreachable."""
     try:
         settings = Settings.from_env().with_overrides(targets_file=targets_file)
-        tgt = _target(target, settings)
+        tgt = target_or_name(target, settings)
         result = asyncio.run(run_cleanup(tgt, settings, dry_run=dry_run))
     except errors.DbChaosError as exc:
         fail_with(exc, as_json=as_json)
@@ -103,17 +102,6 @@ def cleanup(
         _print(result)
     if not result.ok:
         raise typer.Exit(exits.FAILED)
-
-
-def _target(value: str | None, settings: Settings) -> Target:
-    if value is not None and settings.targets_file and "=" not in value and "://" not in value:
-        found = load_targets_file(settings.targets_file)
-        if value not in found.targets:
-            raise errors.InvalidInput(
-                f"no target {value!r} in the targets file (known: {', '.join(sorted(found.targets))})", field="target"
-            )
-        return found.targets[value]
-    return resolve_target(value, settings)
 
 
 async def run_cleanup(target: Target, settings: Settings, *, dry_run: bool = False) -> CleanupResult:

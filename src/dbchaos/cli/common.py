@@ -15,6 +15,7 @@ from dbchaos.cli import exits
 from dbchaos.faults.migration.graph import RevisionGraph
 from dbchaos.settings import Settings
 from dbchaos.targets import Target, parse_dsn
+from dbchaos.targetsfile import load_targets_file
 
 
 def stdout() -> Console:
@@ -55,6 +56,18 @@ def resolve_target(value: str | None, settings: Settings) -> Target:
     raise errors.InvalidInput(
         f"unknown target name {value!r}; pass a DSN such as postgresql://user@host/db", field="target"
     )
+
+
+def target_or_name(value: str | None, settings: Settings) -> Target:
+    """``--target``: a DSN, or with a targets file configured, one of its target names."""
+    if value is not None and settings.targets_file and "=" not in value and "://" not in value:
+        found = load_targets_file(settings.targets_file)
+        if value not in found.targets:
+            raise errors.InvalidInput(
+                f"no target {value!r} in the targets file (known: {', '.join(sorted(found.targets))})", field="target"
+            )
+        return found.targets[value]
+    return resolve_target(value, settings)
 
 
 def load_graphs(settings: Settings) -> dict[str, RevisionGraph]:

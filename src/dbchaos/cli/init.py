@@ -14,11 +14,10 @@ import psycopg
 import typer
 
 from dbchaos import errors, optin
-from dbchaos.cli.common import emit_json, fail_with, resolve_target, stdout
+from dbchaos.cli.common import emit_json, fail_with, stdout, target_or_name
 from dbchaos.engine.pgerrors import translate
 from dbchaos.settings import Settings
 from dbchaos.targets import Target, check_target
-from dbchaos.targetsfile import load_targets_file
 
 T = TypeVar("T")
 
@@ -41,7 +40,7 @@ def init(
     marker table dbchaos.opt_in. Without it, dbchaos refuses every fault there."""
     try:
         settings = Settings.from_env().with_overrides(targets_file=targets_file)
-        tgt = _target(target, settings)
+        tgt = target_or_name(target, settings)
         if revoke:
             removed = asyncio.run(revoke_target(tgt, connect_timeout_s=settings.connect_timeout_s))
             answer: dict[str, Any] = {"target": tgt.masked_dsn, "opted_in": False, "removed": removed}
@@ -61,17 +60,6 @@ def init(
         emit_json(answer)
     else:
         stdout().print(f"{tgt.masked_dsn}: {message}")
-
-
-def _target(value: str | None, settings: Settings) -> Target:
-    if value is not None and settings.targets_file and "=" not in value and "://" not in value:
-        found = load_targets_file(settings.targets_file)
-        if value not in found.targets:
-            raise errors.InvalidInput(
-                f"no target {value!r} in the targets file (known: {', '.join(sorted(found.targets))})", field="target"
-            )
-        return found.targets[value]
-    return resolve_target(value, settings)
 
 
 async def _on(

@@ -24,9 +24,10 @@ import shutil
 import stat
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
@@ -39,6 +40,8 @@ INSTANCE_PREFIX = "pg-"
 OWNER_FILE = "owner.json"
 # A folder without an owner record younger than this may be one being created right now.
 _UNRECORDED_GRACE_S = 60.0
+
+R = TypeVar("R")
 # Process start times are read back with some jitter; pids are not reused this quickly.
 _START_TIME_TOLERANCE_S = 1.0
 
@@ -173,26 +176,24 @@ def destroy_instance(root: Path, postmaster_pid: int | None = None) -> list[int]
     return [p.pid for p in survivors]
 
 
-def remove_strays(state_root: Path | None = None) -> list[Path]:
-    """Remove every instance under ``state_root`` whose owner process is gone.
-
-    Returns the removed instance folders. Folders that cannot be judged or removed are
-    left alone (and logged); this never raises for one bad folder.
-    """
-    root = default_state_root() if state_root is None else Path(state_root)
+def orphaned_folders(
+    root: Path, prefix: str, read: Callable[[Path], R | None], alive: Callable[[R], bool], what: str
+) -> Iterator[tuple[Path, R | None]]:
+    """Folders ``prefix*`` under ``root`` whose owner is gone: their record says a process that
+    is no longer alive, or they have no record and are older than a minute (younger ones may be
+    being set up). Shared by the embedded PostgreSQL's and the lab's stray clean-up."""
     try:
         entries = list(os.scandir(root))
     except (FileNotFoundError, NotADirectoryError):
-        return []
+        return
     except OSError as exc:
-        log.warning("cannot scan the state root %s for stray instances: %s", root, exc)
-        return []
-    removed: list[Path] = []
+        log.warning("cannot scan %s for %s: %s", root, what, exc)
+        return
     for entry in entries:
-        if not entry.name.startswith(INSTANCE_PREFIX) or not entry.is_dir(follow_symlinks=False):
+        if not entry.name.startswith(prefix) or not entry.is_dir(follow_symlinks=False):
             continue
         folder = Path(entry.path)
-        record = read_owner(folder)
+        record = read(folder)
         if record is None:
             try:
                 age = time.time() - entry.stat(follow_symlinks=False).st_mtime
@@ -200,8 +201,20 @@ def remove_strays(state_root: Path | None = None) -> list[Path]:
                 continue
             if age < _UNRECORDED_GRACE_S:
                 continue
-        elif owner_alive(record):
+        elif alive(record):
             continue
+        yield folder, record
+
+
+def remove_strays(state_root: Path | None = None) -> list[Path]:
+    """Remove every instance under ``state_root`` whose owner process is gone.
+
+    Returns the removed instance folders. Folders that cannot be judged or removed are
+    left alone (and logged); this never raises for one bad folder.
+    """
+    root = default_state_root() if state_root is None else Path(state_root)
+    removed: list[Path] = []
+    for folder, record in orphaned_folders(root, INSTANCE_PREFIX, read_owner, owner_alive, "stray instances"):
         try:
             left = destroy_instance(folder, None if record is None else record.postmaster_pid)
         except (OSError, psutil.Error) as exc:

@@ -32,13 +32,12 @@ from typing import Any
 import psutil
 
 from dbchaos.embedded.processes import instance_processes, terminate
+from dbchaos.embedded.state import orphaned_folders
 
 log = logging.getLogger(__name__)
 
 LAB_PREFIX = "lab-"
 STATE_FILE = "lab.json"
-#: a folder without a state file younger than this may be one being created right now
-_UNRECORDED_GRACE_S = 60.0
 _START_TIME_TOLERANCE_S = 1.0
 
 
@@ -124,28 +123,8 @@ def remove_stray_labs(state_root: Path) -> list[Path]:
     """Remove every ``lab-*`` folder under ``state_root`` whose owner process is gone.
 
     Never raises for one bad folder; folders of live labs are left alone."""
-    try:
-        entries = list(os.scandir(state_root))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    except OSError as exc:
-        log.warning("cannot scan %s for stray labs: %s", state_root, exc)
-        return []
     removed: list[Path] = []
-    for entry in entries:
-        if not entry.name.startswith(LAB_PREFIX) or not entry.is_dir(follow_symlinks=False):
-            continue
-        folder = Path(entry.path)
-        record = read_record(folder)
-        if record is None:
-            try:
-                age = time.time() - entry.stat(follow_symlinks=False).st_mtime
-            except OSError:
-                continue
-            if age < _UNRECORDED_GRACE_S:
-                continue
-        elif owner_alive(record):
-            continue
+    for folder, _ in orphaned_folders(state_root, LAB_PREFIX, read_record, owner_alive, "stray labs"):
         try:
             left = destroy_lab_folder(folder)
         except (OSError, psutil.Error) as exc:
