@@ -43,10 +43,9 @@ async def idle_after(dsn: str, wrapped: bool) -> tuple[int, bool]:
 
 
 def test_idle_timers_still_end_a_session_left_idle_after_a_pipeline(db: str) -> None:
-    # psycopg ends a pipeline with Sync then Flush; the Flush disarms PostgreSQL's idle timers
-    _, raw_still_there = asyncio.run(idle_after(db, wrapped=False))
-    assert raw_still_there, "PostgreSQL now re-arms its idle timers after a Flush: FaultSession.pipeline may go"
-    # FaultSession.pipeline re-arms them
+    # psycopg ends a pipeline with Sync then Flush; a Flush that reaches the backend after it
+    # armed its idle timers disarms them (a race: a plain pipeline is ended by the timeout only
+    # sometimes, so only the wrapped one is asserted). FaultSession.pipeline re-arms them.
     _, still_there = asyncio.run(idle_after(db, wrapped=True))
     assert not still_there, "the session outlived idle_in_transaction_session_timeout"
 
