@@ -55,6 +55,7 @@ def test_a_fault_id_names_its_instance() -> None:
     [
         (f"dbchaos:{DEAD}", DEAD, "control"),
         (f"dbchaos:{DEAD}:spare", DEAD, "spare"),
+        (f"dbchaos:{DEAD}:journal", DEAD, "journal"),
         (f"dbchaos:{DEAD}:recover", DEAD, "recover"),
         (f"dbchaos:{DEAD}:probe", DEAD, "probe"),
         ("dbchaos:check", None, "other"),

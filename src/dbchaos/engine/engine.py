@@ -31,6 +31,7 @@ from dbchaos.engine.model import EndReason, FaultRecord, State
 from dbchaos.engine.ownership import new_fault_id
 from dbchaos.engine.pgerrors import translate
 from dbchaos.engine.recovery import recover
+from dbchaos.engine.reuse import ReusePool
 from dbchaos.engine.session import Bounds, SessionFactory
 from dbchaos.engine.spares import SparePool
 from dbchaos.events import TOPIC_FAULT, EventBus, fault_data, rfc3339
@@ -139,6 +140,7 @@ class Engine:
         self._faults: OrderedDict[str, _Managed] = OrderedDict()
         self._channels: dict[str, ControlChannel] = {}
         self._spares: dict[str, SparePool] = {}
+        self._reuse: dict[str, ReusePool] = {}
         self._opted_in_at: dict[str, float] = {}
         self._monitor: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
@@ -341,6 +343,7 @@ class Engine:
             connect_timeout_s=self.settings.connect_timeout_s,
             audit=self.audit,
         )
+        sessions.reuse = self._reuse_pool(target)
         if fault.connect_early:
             sessions.spares = self._spare_pool(target)
             sessions.connect_early()  # a warm session is bound, or one opens, while the look-ups run
@@ -810,6 +813,13 @@ class Engine:
             self._spares[target.name] = pool
         return pool
 
+    def _reuse_pool(self, target: Target) -> ReusePool:
+        pool = self._reuse.get(target.name)
+        if pool is None:
+            pool = ReusePool(target, self.instance, connect_timeout_s=self.settings.connect_timeout_s, audit=self.audit)
+            self._reuse[target.name] = pool
+        return pool
+
     async def close(self) -> None:
         """Revert everything (end reason ``shutdown``) and close control sessions."""
         await self.reset(EndReason.SHUTDOWN)
@@ -820,6 +830,8 @@ class Engine:
                 await asyncio.gather(task, return_exceptions=True)
         for pool in self._spares.values():
             await pool.close()
+        for reused in self._reuse.values():
+            await reused.close()
         await self.events.close()
         for ch in self._channels.values():
             with contextlib.suppress(Exception):

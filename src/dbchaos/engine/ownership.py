@@ -4,7 +4,8 @@ Every session dbchaos opens carries its instance id in ``application_name``:
 
 * ``dbchaos:<instance>`` — the control session, which holds the instance's owner lock
   (the session advisory lock ``(OWNER_LOCK_CLASS, owner_key(instance))``, DESIGN §2);
-* ``dbchaos:<instance>:spare``, ``…:recover``, ``…:probe`` — warm spares, recovery, the pooler probe;
+* ``dbchaos:<instance>:spare``, ``…:journal``, ``…:recover``, ``…:probe`` — warm spares, reused
+  sessions of journaled faults between their transactions, recovery, the pooler probe;
 * ``dbchaos:<fault id>`` — a fault's sessions. A fault id is a UUID (RFC 9562 version 8, the
   "custom" layout) whose last 12 hex digits are the instance id: ``…-<instance>``.
 
@@ -29,7 +30,7 @@ from dbchaos.faults.migration.journal import OWNER_LOCK_CLASS, owner_key
 APP_PREFIX = "dbchaos:"
 #: an instance id as :class:`dbchaos.engine.engine.Engine` makes them (12 hex digits)
 _INSTANCE = re.compile(r"[0-9a-f]{12}")
-_HELPER = re.compile(r"([0-9a-f]{12}):(spare|recover|probe)")
+_HELPER = re.compile(r"([0-9a-f]{12}):(spare|journal|recover|probe)")
 _FAULT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-9a-f]{3}-([0-9a-f]{12})")
 
 
@@ -63,7 +64,7 @@ def instance_of(application_name: str) -> str | None:
 
 def role_of(application_name: str) -> str:
     """What kind of dbchaos session a name says it is: ``control``, ``fault``, ``spare``,
-    ``recover``, ``probe`` or ``other``."""
+    ``journal``, ``recover``, ``probe`` or ``other``."""
     rest = application_name[len(APP_PREFIX) :] if application_name.startswith(APP_PREFIX) else ""
     if _INSTANCE.fullmatch(rest):
         return "control"

@@ -28,6 +28,7 @@ import psycopg
 from psycopg import sql
 
 from dbchaos.audit import AuditedConnection, AuditLog
+from dbchaos.engine.reuse import ReusePool
 from dbchaos.engine.spares import SparePool
 from dbchaos.errors import TargetUnreachable
 from dbchaos.targets import Target, parse_dsn
@@ -210,6 +211,8 @@ class SessionFactory:
     spares: SparePool | None = None
     #: records every statement of this fault's sessions (see :mod:`dbchaos.audit`)
     audit: AuditLog | None = None
+    #: reused sessions for short journaled transactions (see :meth:`transient`)
+    reuse: ReusePool | None = None
     _early: asyncio.Task[FaultSession | None] | None = field(default=None, repr=False)
 
     @property
@@ -270,6 +273,36 @@ class SessionFactory:
             session = await self._connect()  # raises the reason
         self.sessions.append(session)
         return session
+
+    @contextlib.asynccontextmanager
+    async def transient(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A session for one short transaction after which the fault holds nothing (a
+        journaled inject or revert): a reused one bound to this fault when there is a
+        :attr:`reuse` pool (see :mod:`dbchaos.engine.reuse`), else a new one, closed after.
+        Listed in :attr:`sessions` (and :attr:`pids`) while in use."""
+        if self.reuse is None:
+            own = await self.open()
+            try:
+                yield own.conn
+            finally:
+                await self.discard(own)
+            return
+        conn = await self.reuse.take(self._bind_reused)
+        session = FaultSession(conn, conn.info.backend_pid)
+        self.sessions.append(session)
+        try:
+            yield conn
+        finally:
+            if session in self.sessions:
+                self.sessions.remove(session)
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                await session.release()  # interrupted mid-statement or mid-transaction: never reused
+            self.reuse.give_back(conn)
+
+    async def _bind_reused(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        if self.audit is not None:
+            conn.cursor_factory = self.audit.cursor_factory(self.fault_id, self.target.name)
+        await self._bind(conn)
 
     async def _connect(self) -> FaultSession:
         kwargs = self.target.connect_kwargs(self.application_name, connect_timeout_s=self.connect_timeout_s)

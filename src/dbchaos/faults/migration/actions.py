@@ -27,6 +27,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from dbchaos.faults.migration import tx
+
 Action = dict[str, Any]
 
 
@@ -38,8 +40,19 @@ async def read_rows(conn: psycopg.AsyncConnection[Any], schema: str, table: str)
 
 async def version_rows(conn: psycopg.AsyncConnection[Any], schema: str, table: str) -> list[str] | None:
     """The revision ids stored in a version table, or ``None`` if it does not exist."""
-    cur = await conn.execute("SELECT to_regclass(%s)", (_qualified(schema, table),))
-    row = await cur.fetchone()
+    return await version_rows_from(conn, await queue_version_rows(conn, schema, table), schema, table)
+
+
+async def queue_version_rows(conn: psycopg.AsyncConnection[Any], schema: str, table: str) -> psycopg.AsyncCursor[Any]:
+    """Send the first half of :func:`version_rows` (does the table exist?) without waiting,
+    in the caller's pipeline; :func:`version_rows_from` finishes it."""
+    return await conn.execute("SELECT to_regclass(%s)", (_qualified(schema, table),))
+
+
+async def version_rows_from(
+    conn: psycopg.AsyncConnection[Any], exists: psycopg.AsyncCursor[Any], schema: str, table: str
+) -> list[str] | None:
+    row = await exists.fetchone()
     if row is None or row[0] is None:
         return None
     cur = await conn.execute(sql.SQL("SELECT version_num::text FROM {}").format(sql.Identifier(schema, table)))
@@ -84,7 +97,7 @@ async def _attnum(conn: psycopg.AsyncConnection[Any], oid: int, column: str) -> 
 
 async def _write_rows(conn: psycopg.AsyncConnection[Any], schema: str, table: str, rows: list[str]) -> None:
     ident = sql.Identifier(schema, table)
-    async with conn.pipeline():  # one round trip
+    async with tx.batched(conn):  # one round trip, or none of its own inside a caller's pipeline
         await conn.execute(sql.SQL("DELETE FROM {}").format(ident))
         for rev in rows:
             await conn.execute(sql.SQL("INSERT INTO {} (version_num) VALUES (%s)").format(ident), (rev,))

@@ -16,8 +16,8 @@ from dbchaos.engine.session import Bounds, SessionFactory
 from dbchaos.errors import Conflict, InvalidInput
 from dbchaos.faults.base import Fault, FaultParams, RevertOutcome
 from dbchaos.faults.identifiers import MAX_IDENTIFIER_BYTES, Relation, parse_ident, resolve_table
-from dbchaos.faults.migration import actions, journal
-from dbchaos.faults.migration.fingerprint import fingerprint
+from dbchaos.faults.migration import actions, journal, tx
+from dbchaos.faults.migration.fingerprint import fingerprint, fingerprint_from, queue_fingerprint
 from dbchaos.faults.migration.graph import RevisionGraph
 from dbchaos.faults.migration.restore import LOCK_TIMEOUT_MS, restore
 from dbchaos.faults.plan import FaultPlan, PlannedLock, Recorder
@@ -98,6 +98,8 @@ class JournaledFault(Fault[P], Generic[P]):
 
     #: schema-changing kinds take ACCESS EXCLUSIVE: retry a few times rather than queue
     attempts: int = 1
+    #: inject takes a reused session (:meth:`SessionFactory.transient`): nothing to open early
+    connect_early = False
 
     def __init__(self, params: P) -> None:
         super().__init__(params)
@@ -118,25 +120,26 @@ class JournaledFault(Fault[P], Generic[P]):
         return []
 
     async def inject(self, sessions: SessionFactory) -> None:
-        session = await sessions.open()
-        try:
+        async with sessions.transient() as conn:  # a journaled fault holds no session while active
             if not self.journal_exists:
-                await journal.ensure(session.conn)
+                await journal.ensure(conn)
             for attempt in range(self.attempts):
                 try:
-                    await self._inject_once(session.conn)
+                    await self._inject_once(conn)
                     return
                 except psycopg.errors.LockNotAvailable:
                     if attempt + 1 >= self.attempts:
                         raise
                     await asyncio.sleep(min(0.1 * 2**attempt, 1.0))
-        finally:
-            await sessions.discard(session)  # a journaled fault holds no session while active
 
     async def _inject_once(self, conn: psycopg.AsyncConnection[Any]) -> None:
         objects = self.objects()
-        async with conn.transaction():
-            clash = await journal.claim(conn, objects)
+        async with tx.transaction(conn):
+            async with conn.pipeline():  # one round trip: BEGIN, the claim and the prior schema
+                await tx.begin(conn)
+                claim = await journal.queue_claim(conn, objects)
+                prior = await queue_fingerprint(conn, self.fingerprint_oids())
+            clash = await journal.claimed(claim)
             if clash:
                 fid, kind, objs = clash[0]
                 raise Conflict(
@@ -144,28 +147,28 @@ class JournaledFault(Fault[P], Generic[P]):
                     "end it first",
                     code="object_under_fault",
                 )
-            before = await fingerprint(conn, self.fingerprint_oids())
-            acts = await self.change(conn)
-            await journal.insert(
-                conn,
-                fault_id=self.env.fault_id,
-                kind=self.kind,
-                owner=self.env.instance,
-                key=self.env.owner_key,
-                objects=objects,
-                actions=acts,
-                fingerprint=before,
-                deadline_epoch=None,
-            )
+            before = await fingerprint_from(prior)
+            # the change's last writes, the journal entry and COMMIT share the final round trip
+            async with conn.pipeline():
+                acts = await self.change(conn)
+                await journal.insert(
+                    conn,
+                    fault_id=self.env.fault_id,
+                    kind=self.kind,
+                    owner=self.env.instance,
+                    key=self.env.owner_key,
+                    objects=objects,
+                    actions=acts,
+                    fingerprint=before,
+                    deadline_epoch=None,
+                )
+                await tx.commit(conn)
         self.acts = acts
 
     async def revert(self, sessions: SessionFactory, reason: EndReason) -> RevertOutcome:
         await sessions.release_all()
-        session = await sessions.open()
-        try:
-            return await restore(session.conn, self.env.fault_id, reason.value)
-        finally:
-            await sessions.discard(session)
+        async with sessions.transient() as conn:
+            return await restore(conn, self.env.fault_id, reason.value)
 
     async def apply_all(self, conn: psycopg.AsyncConnection[Any], acts: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for a in acts:

@@ -38,13 +38,25 @@ WHERE c.oid = ANY(%s)
 """
 
 
-async def fingerprint(conn: psycopg.AsyncConnection[Any], oids: Iterable[int]) -> dict[str, Any]:
-    """Fingerprints of the tables ``oids`` (keyed by oid as text; absent tables are left out)."""
+async def queue_fingerprint(conn: psycopg.AsyncConnection[Any], oids: Iterable[int]) -> psycopg.AsyncCursor[Any] | None:
+    """Send the fingerprint query for the tables ``oids`` without waiting (in the caller's
+    pipeline); :func:`fingerprint_from` reads the answer. ``None`` when there is nothing to read."""
     ids = sorted(set(oids))
     if not ids:
+        return None
+    return await conn.execute(_SQL, (ids,))
+
+
+async def fingerprint_from(cur: psycopg.AsyncCursor[Any] | None) -> dict[str, Any]:
+    """Fingerprints keyed by oid as text (absent tables are left out)."""
+    if cur is None:
         return {}
-    cur = await conn.execute(_SQL, (ids,))
     return {str(row[0]): row[1] for row in await cur.fetchall()}
+
+
+async def fingerprint(conn: psycopg.AsyncConnection[Any], oids: Iterable[int]) -> dict[str, Any]:
+    """Fingerprints of the tables ``oids`` (keyed by oid as text; absent tables are left out)."""
+    return await fingerprint_from(await queue_fingerprint(conn, oids))
 
 
 def differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:

@@ -184,21 +184,30 @@ class HiddenObject(JournaledFault[HiddenObjectParams]):
                 code="version_table",
                 field="params.table",
             )
+        col = None
         if self.params.column is not None:
             col = await resolve_column(conn, rel, column_name(self.params.column, "params.column"), "params.column")
-            cur = await conn.execute(
-                "SELECT attinhcount FROM pg_attribute WHERE attrelid = %s AND attname = %s", (rel.oid, col)
-            )
-            row = await cur.fetchone()
-            if row and int(row[0]) > 0:
-                raise InvalidInput(
-                    f"column {col!r} of {rel.display} is inherited; hide it on the parent table",
-                    code="inherited_column",
-                    field="params.column",
+        async with conn.pipeline():  # one round trip for the independent reads
+            inherited = (
+                await conn.execute(
+                    "SELECT attinhcount FROM pg_attribute WHERE attrelid = %s AND attname = %s", (rel.oid, col)
                 )
-            self.column = col
+                if col is not None
+                else None
+            )
+            journal_there = await conn.execute("SELECT to_regclass('dbchaos.journal') IS NOT NULL")
+            recorded = await actions.queue_version_rows(conn, schema, name)
+        row = await inherited.fetchone() if inherited is not None else None
+        if row and int(row[0]) > 0:
+            raise InvalidInput(
+                f"column {col!r} of {rel.display} is inherited; hide it on the parent table",
+                code="inherited_column",
+                field="params.column",
+            )
+        self.column = col
         self.table = rel
-        self.recorded = await actions.version_rows(conn, schema, name)
+        self.journal_exists = bool((await journal_there.fetchone() or (False,))[0])
+        self.recorded = await actions.version_rows_from(conn, recorded, schema, name)
 
     def objects(self) -> list[str]:
         assert self.table is not None

@@ -89,16 +89,27 @@ async def lock_objects(conn: psycopg.AsyncConnection[Any], objects: list[str]) -
         await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (OWNER_LOCK_CLASS, obj))
 
 
-async def claim(conn: psycopg.AsyncConnection[Any], objects: list[str]) -> list[tuple[str, str, list[str]]]:
-    """:func:`lock_objects` then :func:`active_on`, in one round trip (a pipeline keeps
-    their order: the locks are held before the journal is read)."""
-    async with conn.pipeline():
-        await lock_objects(conn, objects)
-        cur = await conn.execute(
-            "SELECT fault_id::text, kind, objects FROM dbchaos.journal WHERE state = 'active' AND objects && %s",
-            (objects,),
-        )
+async def queue_claim(conn: psycopg.AsyncConnection[Any], objects: list[str]) -> psycopg.AsyncCursor[Any]:
+    """Send :func:`lock_objects` then the read of :func:`active_on` without waiting (in the
+    caller's pipeline, which keeps their order: the locks are held before the journal is
+    read); :func:`claimed` reads the answer."""
+    await lock_objects(conn, objects)
+    return await conn.execute(
+        "SELECT fault_id::text, kind, objects FROM dbchaos.journal WHERE state = 'active' AND objects && %s",
+        (objects,),
+    )
+
+
+async def claimed(cur: psycopg.AsyncCursor[Any]) -> list[tuple[str, str, list[str]]]:
+    """The unreverted entries :func:`queue_claim` found: (fault id, kind, objects)."""
     return [(str(r[0]), str(r[1]), list(r[2])) for r in await cur.fetchall()]
+
+
+async def claim(conn: psycopg.AsyncConnection[Any], objects: list[str]) -> list[tuple[str, str, list[str]]]:
+    """:func:`lock_objects` then :func:`active_on`, in one round trip."""
+    async with conn.pipeline():
+        cur = await queue_claim(conn, objects)
+    return await claimed(cur)
 
 
 async def active_on(conn: psycopg.AsyncConnection[Any], objects: list[str]) -> list[tuple[str, str, list[str]]]:

@@ -17,7 +17,7 @@ from psycopg import sql
 
 from dbchaos.engine.model import State
 from dbchaos.faults.base import RevertOutcome
-from dbchaos.faults.migration import actions, journal
+from dbchaos.faults.migration import actions, journal, tx
 from dbchaos.faults.migration.fingerprint import differences, fingerprint
 
 LOCK_TIMEOUT_MS = 1000
@@ -41,8 +41,9 @@ async def restore(conn: psycopg.AsyncConnection[Any], fault_id: str, reason: str
 
 
 async def _restore_once(conn: psycopg.AsyncConnection[Any], fault_id: str, reason: str) -> RevertOutcome:
-    async with conn.transaction():
-        async with conn.pipeline():  # one round trip for both
+    async with tx.transaction(conn):
+        async with conn.pipeline():  # one round trip: BEGIN, the short lock_timeout, the entry (locked)
+            await tx.begin(conn)
             await conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT_MS)))
             entry = await journal.lock_entry(conn, fault_id)
         if entry is None:
@@ -54,26 +55,36 @@ async def _restore_once(conn: psycopg.AsyncConnection[Any], fault_id: str, reaso
         found = [d for a in entry.actions if (d := await actions.drift(conn, a)) is not None]
         if found:
             outcome = await _superseded(conn, entry, found)
-            await journal.finish(conn, fault_id, "superseded", reason, outcome)
+            await _finish(conn, fault_id, "superseded", reason, outcome)
             return RevertOutcome(
                 State.SUPERSEDED,
                 "someone changed the state dbchaos had set; their change stays: " + "; ".join(found),
                 {"superseded": outcome},
             )
-        for a in reversed(entry.actions):
-            await actions.undo(conn, a)
-        diffs = [d for a in entry.actions for d in await actions.verify(conn, a)]
+        async with conn.pipeline():  # the undo goes out with the first verification read
+            for a in reversed(entry.actions):
+                await actions.undo(conn, a)
+            diffs = [d for a in entry.actions for d in await actions.verify(conn, a)]
         diffs += differences(entry.fingerprint, await fingerprint(conn, [int(o) for o in entry.fingerprint]))
-        restored = await _restored_rows(conn, entry.actions)
+        restored = await _restored_rows(conn, entry.actions, verified=not diffs)
         if diffs:
-            await journal.finish(conn, fault_id, "failed", reason, {"differences": diffs, "version_rows": restored})
+            await _finish(conn, fault_id, "failed", reason, {"differences": diffs, "version_rows": restored})
             return RevertOutcome(
                 State.FAILED,
                 "revert could not be verified: " + "; ".join(diffs),
                 {"differences": diffs, "restored_version_rows": restored},
             )
-        await journal.finish(conn, fault_id, "reverted", reason, {"verified": True, "version_rows": restored})
+        await _finish(conn, fault_id, "reverted", reason, {"verified": True, "version_rows": restored})
         return RevertOutcome(State.REVERTED, details={"verified": True, "restored_version_rows": restored})
+
+
+async def _finish(
+    conn: psycopg.AsyncConnection[Any], fault_id: str, state: str, reason: str, outcome: dict[str, Any]
+) -> None:
+    """Mark the entry and commit, in one round trip."""
+    async with conn.pipeline():
+        await journal.finish(conn, fault_id, state, reason, outcome)
+        await tx.commit(conn)
 
 
 def _already(state: str) -> RevertOutcome:
@@ -81,9 +92,16 @@ def _already(state: str) -> RevertOutcome:
     return RevertOutcome(mapping.get(state, State.FAILED), details={"note": f"the journal entry was already {state}"})
 
 
-async def _restored_rows(conn: psycopg.AsyncConnection[Any], acts: list[dict[str, Any]]) -> list[str] | None:
+async def _restored_rows(
+    conn: psycopg.AsyncConnection[Any], acts: list[dict[str, Any]], *, verified: bool
+) -> list[str] | None:
+    """The version rows after the undo. Once verification found no difference they are the
+    recorded ones (compared as a multiset), so they are not read again."""
     for a in acts:
         if a["type"] == "version_rows" or (a["type"] == "rename_table" and a.get("version_table")):
+            recorded = a["before"] if a["type"] == "version_rows" else a.get("rows")
+            if verified and recorded is not None:
+                return sorted(str(r) for r in recorded)
             return await actions.version_rows(conn, a["schema"], a["table"])
     return None
 
