@@ -27,8 +27,9 @@ from typing import Any
 import psycopg
 
 from dbchaos.audit import AuditedConnection, AuditLog
+from dbchaos.engine.spares import idle_session_kwargs
 from dbchaos.errors import TargetUnreachable
-from dbchaos.targets import Target, parse_dsn
+from dbchaos.targets import Target
 
 #: idle sessions kept per target (more are opened when several faults inject at once)
 KEEP = 4
@@ -125,17 +126,13 @@ class ReusePool:
         self._idle.append((time.monotonic(), conn))
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        kwargs = self.target.connect_kwargs(f"dbchaos:{self.instance}:{ROLE}", connect_timeout_s=self.connect_timeout_s)
-        opts = f"-c idle_session_timeout={self.idle_session_timeout_ms}"
-        existing = parse_dsn(self.target.dsn).get("options")
-        kwargs["options"] = f"{existing} {opts}" if existing else opts
-        if self.audit is not None:
-            kwargs["cursor_factory"] = self.audit.cursor_factory(ROLE, self.target.name)
+        kwargs = idle_session_kwargs(
+            self.target, self.instance, ROLE, self.idle_session_timeout_ms, self.connect_timeout_s, self.audit
+        )
         try:
-            conn = await AuditedConnection.connect(self.target.dsn, **kwargs)
+            return await AuditedConnection.connect(self.target.dsn, **kwargs)
         except psycopg.OperationalError as exc:
             raise TargetUnreachable(self.target.unreachable_message(exc)) from exc
-        return conn
 
     def _background(self, aw: Any) -> asyncio.Future[None]:
         task: asyncio.Future[None] = asyncio.ensure_future(aw)

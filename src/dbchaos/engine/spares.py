@@ -33,6 +33,21 @@ WHERE c.oid = to_regclass('pg_catalog.pg_class')
 """
 
 
+def idle_session_kwargs(
+    target: Target, instance: str, role: str, idle_timeout_ms: int, connect_timeout_s: float, audit: AuditLog | None
+) -> dict[str, Any]:
+    """psycopg connect arguments for a helper session that waits idle between uses:
+    ``dbchaos:<instance>:<role>``, closed by PostgreSQL after ``idle_timeout_ms`` of idleness
+    (should dbchaos freeze), audited under ``role``."""
+    kwargs = target.connect_kwargs(f"dbchaos:{instance}:{role}", connect_timeout_s=connect_timeout_s)
+    opts = f"-c idle_session_timeout={idle_timeout_ms}"
+    existing = parse_dsn(target.dsn).get("options")
+    kwargs["options"] = f"{existing} {opts}" if existing else opts
+    if audit is not None:
+        kwargs["cursor_factory"] = audit.cursor_factory(role, target.name)
+    return kwargs
+
+
 class SparePool:
     """A few idle sessions to one target, ready to become fault sessions."""
 
@@ -75,12 +90,9 @@ class SparePool:
             task.add_done_callback(self._opening.discard)
 
     async def _open(self) -> None:
-        kwargs = self.target.connect_kwargs(f"dbchaos:{self.instance}:spare", connect_timeout_s=self.connect_timeout_s)
-        opts = f"-c idle_session_timeout={SPARE_IDLE_TIMEOUT_MS}"
-        existing = parse_dsn(self.target.dsn).get("options")
-        kwargs["options"] = f"{existing} {opts}" if existing else opts
-        if self.audit is not None:
-            kwargs["cursor_factory"] = self.audit.cursor_factory("spare", self.target.name)
+        kwargs = idle_session_kwargs(
+            self.target, self.instance, "spare", SPARE_IDLE_TIMEOUT_MS, self.connect_timeout_s, self.audit
+        )
         try:
             conn = await AuditedConnection.connect(self.target.dsn, **kwargs)
         except psycopg.Error:

@@ -151,19 +151,25 @@ class JournaledFault(Fault[P], Generic[P]):
             # the change's last writes, the journal entry and COMMIT share the final round trip
             async with conn.pipeline():
                 acts = await self.change(conn)
-                await journal.insert(
-                    conn,
-                    fault_id=self.env.fault_id,
-                    kind=self.kind,
-                    owner=self.env.instance,
-                    key=self.env.owner_key,
-                    objects=objects,
-                    actions=acts,
-                    fingerprint=before,
-                    deadline_epoch=None,
-                )
+                await self._journal(conn, objects, acts, before)
                 await tx.commit(conn)
         self.acts = acts
+
+    async def _journal(
+        self, conn: psycopg.AsyncConnection[Any], objects: list[str], acts: list[dict[str, Any]], before: dict[str, Any]
+    ) -> None:
+        """This fault's journal entry: its actions and the prior fingerprint."""
+        await journal.insert(
+            conn,
+            fault_id=self.env.fault_id,
+            kind=self.kind,
+            owner=self.env.instance,
+            key=self.env.owner_key,
+            objects=objects,
+            actions=acts,
+            fingerprint=before,
+            deadline_epoch=None,
+        )
 
     async def revert(self, sessions: SessionFactory, reason: EndReason) -> RevertOutcome:
         await sessions.release_all()
@@ -224,17 +230,7 @@ class JournaledFault(Fault[P], Generic[P]):
             )
         before = await fingerprint(conn, self.fingerprint_oids())
         acts = await self.plan_change(conn, plan, rec)
-        await journal.insert(
-            rec.as_connection,
-            fault_id=fid,
-            kind=self.kind,
-            owner=self.env.instance,
-            key=self.env.owner_key,
-            objects=objects,
-            actions=acts,
-            fingerprint=before,
-            deadline_epoch=None,
-        )
+        await self._journal(rec.as_connection, objects, acts, before)
         await rec.execute("COMMIT")
         if self.attempts > 1:
             plan.notes.append(
