@@ -359,6 +359,10 @@ def behind_proxy(conn: psycopg.AsyncConnection[Any], row: Any) -> bool:
     return conn.info.backend_pid != int(row[4])
 
 
+#: rounds of :func:`probe_pooler` before it concludes a session pool
+PROBE_ROUNDS = 3
+
+
 async def probe_pooler(
     target: Target, conn: psycopg.AsyncConnection[Any], *, application_name: str, connect_timeout_s: float
 ) -> tuple[str, str]:
@@ -368,27 +372,45 @@ async def probe_pooler(
     transaction open while ``conn`` reads the setting back. Through a transaction pool the
     second connection usually gets ``conn``'s server connection (PgBouncer reuses the last
     one freed) and sees the setting, or else ``conn``'s next transaction runs on another
-    backend without it; through a session pool neither happens. A few round trips and one
-    connection, paid only when a proxy is already known to be there.
+    backend without it; through a session pool neither happens, in any of
+    :data:`PROBE_ROUNDS` rounds. A few round trips and one connection, paid only when a proxy
+    is already known to be there.
     """
+    try:
+        other = await target.connect(application_name, connect_timeout_s=connect_timeout_s)
+    except TargetUnreachable:
+        return "unknown", "a second connection to tell it could not be opened"
+    try:
+        # Other clients of the proxy (dbchaos's own recovery, a spare opening) may take the
+        # server connection ``conn`` just freed: a round without evidence proves nothing, a
+        # session pool never gives any. So a few rounds.
+        for _ in range(PROBE_ROUNDS):
+            found = await _probe_round(conn, other)
+            if found is not None:
+                return found
+        return "session", "the connection kept its backend and its session setting"
+    finally:
+        with contextlib.suppress(Exception):
+            await other.close()
+
+
+async def _probe_round(
+    conn: psycopg.AsyncConnection[Any], other: psycopg.AsyncConnection[Any]
+) -> tuple[str, str] | None:
     token = secrets.token_hex(8)
     cur = await conn.execute("SELECT pg_backend_pid(), set_config(%s, %s, false)", (_PROBE_SETTING, token))
     row = await cur.fetchone()
     assert row is not None
     first = int(row[0])
     try:
-        other = await target.connect(application_name, connect_timeout_s=connect_timeout_s)
-    except TargetUnreachable:
-        return "unknown", "a second connection to tell it could not be opened"
+        cur = await other.execute(
+            sql.SQL("BEGIN; SELECT pg_backend_pid(), current_setting({}, true)").format(sql.Literal(_PROBE_SETTING))
+        )
+        cur.nextset()  # past BEGIN's result
+        seen = await cur.fetchone()
+    except psycopg.Error:
+        return "statement", "a transaction block was refused (statement pooling)"
     try:
-        try:
-            cur = await other.execute(
-                sql.SQL("BEGIN; SELECT pg_backend_pid(), current_setting({}, true)").format(sql.Literal(_PROBE_SETTING))
-            )
-            cur.nextset()  # past BEGIN's result
-            seen = await cur.fetchone()
-        except psycopg.Error:
-            return "statement", "a transaction block was refused (statement pooling)"
         assert seen is not None
         if int(seen[0]) == first or seen[1] == token:
             return "transaction", (
@@ -403,10 +425,9 @@ async def probe_pooler(
                 f"two consecutive transactions on one connection ran on different PostgreSQL backends "
                 f"(pid {first}, then {int(again[0])}) and the session setting of the first was gone"
             )
-        return "session", "the connection kept its backend and its session setting"
+        return None
     finally:
-        with contextlib.suppress(Exception):
-            await other.close()
+        await other.execute("ROLLBACK")
 
 
 def with_pooler(check: TargetCheck, pooler: tuple[str, str]) -> TargetCheck:
