@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from dbchaos import errors
 from dbchaos.engine.model import FaultRecord
+from dbchaos.faults.migration import journal
 
 if TYPE_CHECKING:
     from dbchaos.engine.engine import Engine
@@ -74,7 +75,7 @@ class _ScrapeCollector(Collector):
 
 
 async def _count_unreverted(conn: psycopg.AsyncConnection[Any]) -> int:
-    cur = await conn.execute("SELECT to_regclass('dbchaos.journal') IS NOT NULL")
+    cur = await conn.execute(journal.EXISTS_SQL)
     row = await cur.fetchone()
     if not (row and row[0]):
         return 0

@@ -8,7 +8,8 @@ transaction and reused by the next one, so their caches are warm and psycopg pre
 statements they keep running.
 
 Taken, a session is bound to its fault exactly as a warm spare is (``application_name`` and
-every server-side bound, :meth:`dbchaos.engine.session.SessionFactory.bind`). Given back, it
+every server-side bound, in one statement: see
+:meth:`dbchaos.engine.session.SessionFactory.transient`). Given back, it
 runs ``RESET ALL`` (in the background, off the request's path), which restores the name and
 limits it was started with: ``dbchaos:<instance>:journal`` and ``idle_session_timeout``, so
 PostgreSQL ends it should dbchaos freeze, and its idle timers are armed again after a
@@ -62,7 +63,7 @@ class ReusePool:
         self.keep = keep
         self.idle_session_timeout_ms = idle_session_timeout_ms
         self.audit = audit
-        self._idle: list[tuple[float, psycopg.AsyncConnection[Any]]] = []
+        self._idle: list[tuple[float, Conn]] = []
         self._tasks: set[asyncio.Future[None]] = set()
         self._resets: set[asyncio.Future[None]] = set()
         self._closed = False
@@ -100,7 +101,7 @@ class ReusePool:
             raise
         return conn
 
-    def give_back(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    def give_back(self, conn: Conn) -> None:
         """Return a session after its transaction: reset and kept, or closed (see the module
         docstring). Never waits: the reset runs in the background."""
         idle = psycopg.pq.TransactionStatus.IDLE
@@ -112,7 +113,7 @@ class ReusePool:
         self._resets.add(task)
         task.add_done_callback(self._resets.discard)
 
-    async def _reset(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    async def _reset(self, conn: Conn) -> None:
         try:
             await conn.execute("RESET ALL")  # still audited under the fault that used it: its name is set until now
         except psycopg.Error:
@@ -125,7 +126,7 @@ class ReusePool:
             return
         self._idle.append((time.monotonic(), conn))
 
-    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+    async def _connect(self) -> Conn:
         kwargs = idle_session_kwargs(
             self.target, self.instance, ROLE, self.idle_session_timeout_ms, self.connect_timeout_s, self.audit
         )
@@ -149,6 +150,6 @@ class ReusePool:
         self._idle.clear()
 
 
-async def _close(conn: psycopg.AsyncConnection[Any]) -> None:
+async def _close(conn: Conn) -> None:
     with contextlib.suppress(Exception):
         await conn.close()

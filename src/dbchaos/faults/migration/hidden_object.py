@@ -24,7 +24,7 @@ from dbchaos.faults.identifiers import (
     resolve_table,
     table_ref,
 )
-from dbchaos.faults.migration import actions
+from dbchaos.faults.migration import actions, journal
 from dbchaos.faults.migration.base import JournaledFault, VersionTableParams, version_table_name
 from dbchaos.faults.plan import FaultPlan, Recorder
 
@@ -195,7 +195,7 @@ class HiddenObject(JournaledFault[HiddenObjectParams]):
                 if col is not None
                 else None
             )
-            journal_there = await conn.execute("SELECT to_regclass('dbchaos.journal') IS NOT NULL")
+            journal_there = await conn.execute(journal.EXISTS_SQL)
             recorded = await actions.queue_version_rows(conn, schema, name)
         row = await inherited.fetchone() if inherited is not None else None
         if row and int(row[0]) > 0:

@@ -55,6 +55,10 @@ CREATE INDEX IF NOT EXISTS journal_active_idx ON dbchaos.journal (state) WHERE s
 """
 
 
+#: true when the journal table exists (read before any statement that would need it)
+EXISTS_SQL = "SELECT to_regclass('dbchaos.journal') IS NOT NULL"
+
+
 def owner_key(instance: str) -> int:
     """The 32-bit key of an instance's owner lock."""
     return zlib.crc32(instance.encode()) & 0x7FFFFFFF
@@ -62,7 +66,7 @@ def owner_key(instance: str) -> int:
 
 async def ensure(conn: psycopg.AsyncConnection[Any]) -> None:
     """Create the journal schema if missing (its own transaction; safe to race)."""
-    cur = await conn.execute("SELECT to_regclass('dbchaos.journal') IS NOT NULL")
+    cur = await conn.execute(EXISTS_SQL)
     row = await cur.fetchone()
     if row and row[0]:
         return
@@ -78,7 +82,7 @@ async def ensure(conn: psycopg.AsyncConnection[Any]) -> None:
 
 
 async def exists(conn: psycopg.AsyncConnection[Any]) -> bool:
-    cur = await conn.execute("SELECT to_regclass('dbchaos.journal') IS NOT NULL")
+    cur = await conn.execute(EXISTS_SQL)
     row = await cur.fetchone()
     return bool(row and row[0])
 
